@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` (local mode) and `make test` (every test).
+PYTHON ?= python3
+VENV   := .venv
+TOOLS  := .venv-tools
+PORT   ?= 3000
+CONFIG ?= examples/local.yaml
+
+.PHONY: run test unit venv tools interop build clean
+
+venv: $(VENV)/.installed
+tools: $(TOOLS)/.installed
+interop: tests/interop/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml layers/broker/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+# SAM CLI and cfn-lint pin their own boto3; they live apart from the app's environment.
+$(TOOLS)/.installed: requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
+	touch $@
+
+tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: venv
+	$(VENV)/bin/oidc-broker local --config $(CONFIG) --port $(PORT)
+
+test: venv tools interop
+	$(VENV)/bin/pytest
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+build: tools
+	$(TOOLS)/bin/sam build --parameter-overrides PythonRuntime=python3.11
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .aws-sam tests/interop/node_modules

@@ -1,0 +1,135 @@
+"""API Gateway HTTP API (payload 2.0) events in, responses and RFC 6749 error shapes out.
+
+Owns request parsing for the public routes and the response shapes. It decides nothing about
+trust and never puts a token into an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from .discovery import TOKEN_EXCHANGE
+from .errors import BrokerError, InvalidRequest, InvalidTarget, ServerError, UnsupportedGrantType
+from .tokens import ISSUED_TOKEN_TYPE
+
+if TYPE_CHECKING:
+    from .minting import Issued
+
+MAX_BODY_BYTES = 64 * 1024
+SUBJECT_TOKEN_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    subject_token: str
+    audience: str  # <space>/<target>
+
+
+def header(event: dict[str, Any], name: str) -> str | None:
+    headers = event.get("headers") or {}
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def request_domain(event: dict[str, Any]) -> str | None:
+    return (event.get("requestContext") or {}).get("domainName")
+
+
+def body(event: dict[str, Any]) -> bytes:
+    raw = event.get("body") or ""
+    if len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
+        raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+    if event.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("request body is not valid base64", "malformed_body") from None
+    else:
+        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else b""
+    if len(data) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+    return data
+
+
+def form(event: dict[str, Any]) -> dict[str, str]:
+    content_type = (header(event, "content-type") or "").split(";")[0].strip().lower()
+    if content_type != FORM:
+        raise InvalidRequest(f"Content-Type must be {FORM}", "bad_content_type")
+    try:
+        text = body(event).decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("request body is not a valid form", "malformed_body") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise InvalidRequest(f"parameter {name!r} is repeated", "repeated_parameter")
+        params[name] = value
+    return params
+
+
+def token_request(event: dict[str, Any]) -> TokenRequest:
+    """The RFC 8693 token exchange request in the event, or the error naming what is wrong."""
+    params = form(event)
+    grant_type = params.get("grant_type")
+    if not grant_type:
+        raise InvalidRequest("grant_type is required", "missing_grant_type")
+    if grant_type != TOKEN_EXCHANGE:
+        raise UnsupportedGrantType(f"grant_type must be {TOKEN_EXCHANGE}", "unsupported_grant_type")
+    for name in ("subject_token", "subject_token_type", "audience"):
+        if not params.get(name):
+            raise InvalidRequest(f"{name} is required", f"missing_{name}")
+    if params["subject_token_type"] not in SUBJECT_TOKEN_TYPES:
+        raise InvalidRequest(f"subject_token_type must be one of {', '.join(SUBJECT_TOKEN_TYPES)}", "bad_subject_token_type")
+    if params.get("requested_token_type", ISSUED_TOKEN_TYPE) not in (ISSUED_TOKEN_TYPE, SUBJECT_TOKEN_TYPES[0]):
+        raise InvalidRequest(f"requested_token_type must be {ISSUED_TOKEN_TYPE}", "bad_requested_token_type")
+    if "actor_token" in params:
+        raise InvalidRequest("actor_token is not supported", "actor_token")
+    audience = params["audience"]
+    space, sep, target = audience.partition("/")
+    if not sep or not space or not target or "/" in target or len(audience) > 200:
+        raise InvalidTarget("audience must be <space>/<target>", "malformed_audience")
+    return TokenRequest(subject_token=params["subject_token"], audience=audience)
+
+
+def json_response(status: int, payload: Any, *, cache_control: str = "no-store", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {
+            "Content-Type": "application/json",
+            "Cache-Control": cache_control,
+            "X-Content-Type-Options": "nosniff",
+            **(headers or {}),
+        },
+        "body": json.dumps(payload, separators=(",", ":")),
+        "isBase64Encoded": False,
+    }
+
+
+def error_response(error: BrokerError) -> dict[str, Any]:
+    return json_response(error.status, error.body(), headers={"Pragma": "no-cache"})
+
+
+def unexpected_error() -> dict[str, Any]:
+    return error_response(ServerError("the broker could not complete the request; it has been logged", "unexpected"))
+
+
+def token_response(issued: "Issued") -> dict[str, Any]:
+    return json_response(
+        200,
+        {
+            "access_token": issued.token,
+            "issued_token_type": ISSUED_TOKEN_TYPE,
+            "token_type": "N_A",
+            "expires_in": issued.expires_in,
+        },
+        headers={"Pragma": "no-cache"},
+    )

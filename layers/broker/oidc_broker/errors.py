@@ -1,0 +1,61 @@
+"""Refusals and failures, shaped as RFC 6749 section 5.2 errors.
+
+Each error carries the HTTP status, the OAuth `error` code, a description that names the check
+that failed (never a token or a secret), and `reason`: a short stable name that is the metric
+dimension and log key operators alarm on.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    status = 400
+    error = "invalid_request"
+
+    def __init__(self, description: str, reason: str | None = None):
+        super().__init__(description)
+        self.description = description
+        self.reason = reason or self.error
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+class InvalidRequest(BrokerError):
+    error = "invalid_request"
+
+
+class UnsupportedGrantType(BrokerError):
+    error = "unsupported_grant_type"
+
+
+class InvalidGrant(BrokerError):
+    """The caller's token was refused: not trusted, not valid, or not admitted by any trust rule."""
+
+    error = "invalid_grant"
+
+
+class InvalidTarget(BrokerError):
+    error = "invalid_target"
+
+
+class NotFound(BrokerError):
+    status = 404
+    error = "not_found"
+
+
+class MethodNotAllowed(BrokerError):
+    status = 405
+    error = "method_not_allowed"
+
+
+class ServerError(BrokerError):
+    """The broker cannot serve the request; the caller did nothing wrong."""
+
+    status = 500
+    error = "server_error"
+
+
+class TemporarilyUnavailable(BrokerError):
+    status = 503
+    error = "temporarily_unavailable"

@@ -1,0 +1,187 @@
+"""The one DynamoDB table: configuration, key ring, and grants (replay guard + audit record).
+
+Item layout (pk / sk):
+  CONFIG / CURRENT                      the applied configuration document (JSON)
+  KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK
+  GRANT#<hash of caller iss+jti> / TARGET#<space>/<target>
+                                        one accepted caller token for one target; its existence is
+                                        the replay guard, its attributes the audit record. The
+                                        `audit` index (gsi1pk AUDIT#<space>/<target>, gsi1sk time)
+                                        answers "who obtained T, when".
+Owns the item shapes and the conditional writes; decides nothing about trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+CONFIG_PK, CONFIG_SK = "CONFIG", "CURRENT"
+KEYRING_PK = "KEYRING"
+AUDIT_INDEX = "audit"
+
+
+class AlreadyUsed(Exception):
+    """The caller token was already accepted for this target."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    caller_issuer: str
+    caller_subject: str
+    caller_jti: str
+    trust_rule: str
+    target: str  # <space>/<target>
+    subject: str
+    audience: str
+    token_jti: str
+    issued_at: int
+    token_expires_at: int
+    keep_until: int  # the TTL: past the caller token's exp + leeway + margin, and the audit retention
+
+    def key(self) -> dict[str, dict[str, str]]:
+        return grant_key(self.caller_issuer, self.caller_jti, self.target)
+
+
+def grant_key(caller_issuer: str, caller_jti: str, target: str) -> dict[str, dict[str, str]]:
+    digest = hashlib.sha256(f"{caller_issuer}\n{caller_jti}".encode()).hexdigest()
+    return {"pk": {"S": f"GRANT#{digest}"}, "sk": {"S": f"TARGET#{target}"}}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(int(value))}
+
+
+class Store:
+    def __init__(self, client: Any, table: str):
+        self._db = client
+        self._table = table
+
+    # -- configuration ---------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any] | None:
+        item = self._db.get_item(
+            TableName=self._table, Key={"pk": _s(CONFIG_PK), "sk": _s(CONFIG_SK)}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return None
+        return {
+            "document": json.loads(item["document"]["S"]),
+            "source": item["source"]["S"],
+            "sha256": item["sha256"]["S"],
+            "applied_at": int(item["applied_at"]["N"]),
+        }
+
+    def put_config(self, document: dict[str, Any], source: str, applied_at: int) -> str:
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                "pk": _s(CONFIG_PK),
+                "sk": _s(CONFIG_SK),
+                "document": _s(text),
+                "source": _s(source),
+                "sha256": _s(sha),
+                "applied_at": _n(applied_at),
+            },
+        )
+        return sha
+
+    # -- key ring ----------------------------------------------------------------------------
+    def key_ring(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _s(KEYRING_PK)},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):
+                items.append(
+                    {
+                        "kid": item["kid"]["S"],
+                        "key_arn": item["key_arn"]["S"],
+                        "state": item["state"]["S"],
+                        "jwk": json.loads(item["jwk"]["S"]),
+                        "created_at": int(item["created_at"]["N"]),
+                    }
+                )
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def add_key(self, kid: str, key_arn: str, state: str, jwk: dict[str, str], created_at: int) -> bool:
+        """Add a key to the ring unless its kid is there already; True when added."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item={
+                    "pk": _s(KEYRING_PK),
+                    "sk": _s(f"KEY#{kid}"),
+                    "kid": _s(kid),
+                    "key_arn": _s(key_arn),
+                    "state": _s(state),
+                    "jwk": _s(json.dumps(jwk, sort_keys=True)),
+                    "created_at": _n(created_at),
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # -- grants ------------------------------------------------------------------------------
+    def record_grant(self, grant: Grant) -> None:
+        """Record that a caller token was accepted for a target; AlreadyUsed if it was before."""
+        item = {
+            **grant.key(),
+            "gsi1pk": _s(f"AUDIT#{grant.target}"),
+            "gsi1sk": _s(f"{grant.issued_at:012d}#{grant.token_jti}"),
+            "caller_issuer": _s(grant.caller_issuer),
+            "caller_subject": _s(grant.caller_subject),
+            "caller_jti": _s(grant.caller_jti),
+            "trust_rule": _s(grant.trust_rule),
+            "target": _s(grant.target),
+            "subject": _s(grant.subject),
+            "audience": _s(grant.audience),
+            "token_jti": _s(grant.token_jti),
+            "issued_at": _n(grant.issued_at),
+            "token_expires_at": _n(grant.token_expires_at),
+            "ttl": _n(grant.keep_until),
+        }
+        try:
+            self._db.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except self._db.exceptions.ConditionalCheckFailedException:
+            raise AlreadyUsed() from None
+
+    def withdraw_grant(self, grant: Grant) -> None:
+        """Undo a grant whose token could not be signed, so the caller token stays usable."""
+        self._db.delete_item(
+            TableName=self._table,
+            Key=grant.key(),
+            ConditionExpression="token_jti = :jti",
+            ExpressionAttributeValues={":jti": _s(grant.token_jti)},
+        )
+
+    def grants_for(self, target: str, since: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest grants for a target (for audits), newest first."""
+        page = self._db.query(
+            TableName=self._table,
+            IndexName=AUDIT_INDEX,
+            KeyConditionExpression="gsi1pk = :pk AND gsi1sk >= :since",
+            ExpressionAttributeValues={":pk": _s(f"AUDIT#{target}"), ":since": _s(f"{since:012d}")},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        out = []
+        for item in page.get("Items", []):
+            out.append({k: (int(v["N"]) if "N" in v else v["S"]) for k, v in item.items() if k not in ("pk", "sk", "gsi1pk", "gsi1sk")})
+        return out

@@ -1,0 +1,385 @@
+"""Local mode: the real handlers behind an HTTP adapter, with an embedded AWS.
+
+Starts moto's server on a free loopback port and points boto3 at it through AWS_ENDPOINT_URL,
+creates the table and the signing key as template.yaml declares them, registers the key through
+the key ring function's own custom resource handler, applies the configuration, and serves every
+HttpApi route of template.yaml by building API Gateway HTTP API (payload 2.0) events. The
+production code is the same code; only its environment differs.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+from oidc_broker import config as config_module
+
+from . import apply as apply_module
+from .devci import PREFIX as DEV_CI_PREFIX
+from .devci import DevCI
+from .template import Route, Template
+
+REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"
+MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+TEXT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/", "application/xml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LambdaContext:
+    """What Powertools reads from a Lambda context object."""
+
+    def __init__(self, function_name: str, timeout_s: int = 10):
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 512
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{function_name}"
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def http_api_event(route: Route, method: str, raw_path: str, query: str, headers: dict[str, str],
+                   body: bytes, source_ip: str, path_params: dict[str, str]) -> dict[str, Any]:
+    """An API Gateway HTTP API payload 2.0 event, as API Gateway builds it."""
+    now = time.time()
+    lowered: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        lowered[key] = f"{lowered[key]},{value}" if key in lowered else value
+    content_type = lowered.get("content-type", "")
+    is_text = not body or content_type.startswith(TEXT_TYPES)
+    if is_text:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            is_text = False
+    route_key = f"{route.method} {route.path}"
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": raw_path,
+        "rawQueryString": query,
+        "headers": lowered,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": "local",
+            "domainName": lowered.get("host", "127.0.0.1"),
+            "domainPrefix": lowered.get("host", "127.0.0.1").split(".")[0],
+            "http": {
+                "method": method,
+                "path": raw_path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": source_ip,
+                "userAgent": lowered.get("user-agent", ""),
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "timeEpoch": int(now * 1000),
+        },
+        "isBase64Encoded": not is_text,
+    }
+    if query:
+        params: dict[str, str] = {}
+        for k, v in parse_qsl(query, keep_blank_values=True):
+            params[k] = f"{params[k]},{v}" if k in params else v
+        event["queryStringParameters"] = params
+    if path_params:
+        event["pathParameters"] = path_params
+    if body:
+        event["body"] = text if is_text else base64.b64encode(body).decode()
+    return event
+
+
+@dataclass
+class LocalBroker:
+    """Everything local mode runs, started by `start()` and stopped by `stop()`."""
+
+    root: Path
+    config_path: Path
+    port: int = 3000
+    host: str = "127.0.0.1"
+    log: Callable[[str], None] = print
+    base_url: str = ""
+    issuer: str = ""
+    aws_endpoint: str = ""
+    targets: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.template = Template(self.root / "template.yaml")
+        self._start_aws()
+        self._server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.base_url = f"http://{self.host}:{self.port}"
+        self._handlers: dict[str, Callable] = {}
+        self._cfn_responses: dict[str, dict[str, Any]] = {}
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-http", daemon=True)
+        self._thread.start()
+
+        document = apply_module.read(self.config_path, local_url=self.base_url)
+        document.setdefault("issuer", self.base_url)
+        self.issuer = document["issuer"]
+        self.dev_ci = DevCI(self.base_url, audience=self.issuer)
+        config_module.parse(document, str(self.config_path), allow_loopback_http=True)  # fail before provisioning
+        self._provision()
+        config = apply_module.apply(document, str(self.config_path), self._store, allow_loopback_http=True)
+        self.targets = [t.ref for s in config.spaces.values() for t in s.targets.values()]
+        self.routes = self.template.routes()
+
+    def _start_aws(self) -> None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        port = free_port()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._moto.start()
+        self.aws_endpoint = f"http://127.0.0.1:{port}"
+        # The handlers' boto3 clients reach the embedded AWS, never a real account.
+        for name in list(os.environ):
+            if name.startswith("AWS_") and name != "AWS_DEFAULT_REGION":
+                del os.environ[name]
+        os.environ.update(
+            AWS_ENDPOINT_URL=self.aws_endpoint,
+            AWS_ACCESS_KEY_ID="local",
+            AWS_SECRET_ACCESS_KEY="local",
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+        )
+
+    def _provision(self) -> None:
+        import boto3
+
+        table_id, table = self.template.one("AWS::DynamoDB::Table")
+        props = table["Properties"]
+        dynamodb = boto3.client("dynamodb")
+        table_name = "oidc-broker-local"
+        create = {k: props[k] for k in ("KeySchema", "AttributeDefinitions", "BillingMode") if k in props}
+        if "GlobalSecondaryIndexes" in props:
+            create["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        dynamodb.create_table(TableName=table_name, **create)
+        if "TimeToLiveSpecification" in props:
+            dynamodb.update_time_to_live(TableName=table_name, TimeToLiveSpecification=props["TimeToLiveSpecification"])
+
+        key_id, key = self.template.one("AWS::KMS::Key")
+        kms = boto3.client("kms")
+        key_arn = kms.create_key(
+            KeySpec=key["Properties"]["KeySpec"], KeyUsage=key["Properties"]["KeyUsage"],
+            Description="oidc-broker local signing key",
+        )["KeyMetadata"]["Arn"]
+
+        refs = {table_id: table_name, f"{key_id}.Arn": key_arn, key_id: key_arn, "AWS::Region": REGION,
+                "AWS::AccountId": ACCOUNT_ID, "AWS::StackName": "oidc-broker-local"}
+        for name in self.template.doc.get("Parameters", {}):
+            refs[name] = self.template.parameter_default(name)
+        refs["IssuerUrl"] = self.issuer
+        os.environ.update(self.template.environment(refs))
+        os.environ["BROKER_ALLOW_LOOPBACK_HTTP"] = "true"
+
+        from oidc_broker.store import Store
+
+        self._store = Store(dynamodb, table_name)
+        self._create_custom_resources(refs)
+
+    def _create_custom_resources(self, refs: dict[str, str]) -> None:
+        """Send each custom resource its Create event, as CloudFormation would, and await SUCCESS."""
+        from .template import _resolve
+
+        for logical_id, resource in self.template.resources.items():
+            if not resource.get("Type", "").startswith("Custom::"):
+                continue
+            props = dict(resource.get("Properties") or {})
+            service = props.pop("ServiceToken")["Fn::GetAtt"][0]
+            request_id = str(uuid.uuid4())
+            event = {
+                "RequestType": "Create",
+                "ResponseURL": f"{self.base_url}/_local/cloudformation/{request_id}",
+                "StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/oidc-broker-local/local",
+                "RequestId": request_id,
+                "ResourceType": resource["Type"],
+                "LogicalResourceId": logical_id,
+                "ResourceProperties": {"ServiceToken": service, **{k: _resolve(v, refs) for k, v in props.items()}},
+            }
+            self.invoke(service, event)
+            response = self._cfn_responses.get(request_id)
+            if not response or response.get("Status") != "SUCCESS":
+                raise RuntimeError(f"custom resource {logical_id} failed: {response and response.get('Reason')}")
+
+    def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
+        handler = self._handlers.get(logical_id)
+        if handler is None:
+            code_uri, spec = self.template.function(logical_id)
+            module_name, func = spec.rsplit(".", 1)
+            spec_obj = importlib.util.spec_from_file_location(f"functions.{logical_id}.{module_name}", code_uri / f"{module_name}.py")
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)
+            handler = self._handlers[logical_id] = getattr(module, func)
+        return handler(event, LambdaContext(logical_id))
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._moto.stop()
+
+    def banner(self) -> str:
+        b = self.base_url
+        target = self.targets[0] if self.targets else "default/prod-ecr"
+        return f"""
+oidc-broker local mode
+  issuer         {self.issuer}
+  discovery      {self.issuer}/.well-known/openid-configuration
+  embedded AWS   {self.aws_endpoint} (moto)
+  dev CI issuer  {self.dev_ci.issuer}
+  targets        {', '.join(self.targets)}
+
+Walk the flow:
+  # 1. a CI token from the development CI issuer (GitHub Actions-shaped; pick the claims)
+  CI_TOKEN=$(curl -s -X POST '{b}{DEV_CI_PREFIX}/token?format=raw' -d '{{"repository": "acme/app", "ref": "refs/heads/main"}}')
+  # 2. trade it for a broker token scoped to a target
+  curl -s {b}/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
+    -d subject_token_type=urn:ietf:params:oauth:token-type:jwt -d audience={target} \\
+    --data-urlencode "subject_token=$CI_TOKEN"
+  # 3. the keys a cloud verifies it with
+  curl -s {b}/.well-known/jwks.json
+  # 4. decode the access_token from step 2
+  .venv/bin/oidc-broker decode ACCESS_TOKEN
+"""
+
+
+def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "oidc-broker-local"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            sys.stderr.write(f"local: {self.command} {urlsplit(self.path).path} {args[1] if len(args) > 1 else ''}\n")
+
+        def do_GET(self) -> None:
+            self._dispatch()
+
+        def do_POST(self) -> None:
+            self._dispatch()
+
+        def do_PUT(self) -> None:
+            self._dispatch()
+
+        def do_DELETE(self) -> None:
+            self._dispatch()
+
+        def do_PATCH(self) -> None:
+            self._dispatch()
+
+        def do_HEAD(self) -> None:
+            self._dispatch()
+
+        def _dispatch(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                return self._send(413, {"message": "Request Entity Too Large"})
+            body = self.rfile.read(length) if length else b""
+            try:
+                if parts.path.startswith("/_local/cloudformation/") and self.command == "PUT":
+                    broker._cfn_responses[parts.path.rsplit("/", 1)[1]] = json.loads(body)
+                    return self._send(200, {})
+                if parts.path.startswith(DEV_CI_PREFIX + "/"):
+                    return self._dev_ci(parts.path[len(DEV_CI_PREFIX):], parts.query, body)
+                for route in broker.routes:
+                    params = route.match(self.command if self.command != "HEAD" else "GET", parts.path)
+                    if params is None:
+                        continue
+                    event = http_api_event(route, self.command, parts.path, parts.query, dict(self.headers.items()),
+                                           body, self.client_address[0], params)
+                    return self._lambda_response(broker.invoke(route.function, event))
+                return self._send(404, {"message": "Not Found"})
+            except Exception as e:  # the adapter itself failed: say so like API Gateway would
+                sys.stderr.write(f"local: {type(e).__name__}: {e}\n")
+                return self._send(500, {"message": "Internal Server Error"})
+
+        def _dev_ci(self, path: str, query: str, body: bytes) -> None:
+            dev = broker.dev_ci
+            if path == "/.well-known/openid-configuration" and self.command == "GET":
+                return self._send(200, dev.discovery())
+            if path == "/.well-known/jwks" and self.command == "GET":
+                return self._send(200, dev.jwks())
+            if path == "/token" and self.command == "POST":
+                try:
+                    overrides = json.loads(body or b"{}")
+                except ValueError:
+                    overrides = None
+                if not isinstance(overrides, dict):
+                    return self._send(400, {"error": "invalid_request", "error_description": "body must be a JSON object of claims"})
+                token = dev.mint(overrides)
+                if dict(parse_qsl(query)).get("format") == "raw":
+                    return self._send_bytes(200, token.encode(), "text/plain")
+                return self._send(200, {"token": token})
+            return self._send(404, {"message": "Not Found"})
+
+        def _lambda_response(self, result: Any) -> None:
+            if not isinstance(result, dict) or "statusCode" not in result:
+                return self._send(200, result)
+            body = result.get("body") or ""
+            data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
+            headers = result.get("headers") or {}
+            self.send_response(int(result["statusCode"]))
+            for name, value in headers.items():
+                self.send_header(name, str(value))
+            for cookie in result.get("cookies") or []:
+                self.send_header("Set-Cookie", cookie)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _send(self, status: int, payload: Any) -> None:
+            self._send_bytes(status, json.dumps(payload).encode(), "application/json")
+
+        def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+    return Handler
+
+
+def run(root: Path, config_path: Path, port: int) -> int:
+    broker = LocalBroker(root=root, config_path=config_path, port=port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    broker.start()
+    print(broker.banner(), flush=True)
+    print(f"ready: {broker.base_url} (Ctrl-C to stop)", flush=True)
+    stop.wait()
+    broker.stop()
+    print("stopped", flush=True)
+    return 0

@@ -1,0 +1,115 @@
+"""The `oidc-broker` command: apply and validate configuration, run local mode, decode tokens."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+from oidc_broker import config as config_module
+
+from . import apply as apply_module
+
+
+def project_root() -> Path:
+    """The directory holding template.yaml: the current one, or the package's checkout."""
+    for candidate in (Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]):
+        if (candidate / "template.yaml").is_file():
+            return candidate
+    raise SystemExit("oidc-broker: template.yaml not found; run from the project directory")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        document = apply_module.read(Path(args.file))
+        config = config_module.parse(document, args.file, allow_loopback_http=args.allow_loopback_http)
+    except (apply_module.ApplyError, config_module.ConfigError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    targets = sum(len(s.targets) for s in config.spaces.values())
+    rules = sum(len(s.trust) for s in config.spaces.values())
+    print(f"{args.file}: valid ({len(config.spaces)} spaces, {targets} targets, {rules} trust rules)")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import boto3
+
+    from oidc_broker.store import Store
+
+    table = args.table or os.environ.get("TABLE_NAME")
+    if not table:
+        print("oidc-broker apply: name the table with --table or TABLE_NAME (the stack output TableName)", file=sys.stderr)
+        return 2
+    try:
+        document = apply_module.read(Path(args.file))
+        store = Store(boto3.client("dynamodb"), table)
+        config = apply_module.apply(document, args.file, store, allow_loopback_http=args.allow_loopback_http)
+    except (apply_module.ApplyError, config_module.ConfigError) as e:
+        print(e, file=sys.stderr)
+        print("nothing was written", file=sys.stderr)
+        return 2
+    print(f"applied {args.file} to {table}: issuer {config.issuer}")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from . import local
+
+    root = project_root()
+    config_path = Path(args.config) if args.config else root / "examples" / "local.yaml"
+    try:
+        return local.run(root, config_path, args.port)
+    except (apply_module.ApplyError, config_module.ConfigError) as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def _b64json(segment: str) -> object:
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    token = args.token if args.token != "-" else sys.stdin.read().strip()
+    try:
+        head, body, _ = token.split(".")
+        print(json.dumps({"header": _b64json(head), "claims": _b64json(body)}, indent=2))
+    except ValueError:
+        print("oidc-broker decode: not a JWS compact token", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="oidc-broker", description="OpenID Connect identity broker for deployment pipelines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a configuration file; write nothing")
+    p.add_argument("file")
+    p.add_argument("--allow-loopback-http", action="store_true", help="accept http:// loopback issuers (local mode)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("apply", help="validate a configuration file and write it to the broker's table")
+    p.add_argument("file")
+    p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
+    p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("local", help="run local mode on http://127.0.0.1:PORT")
+    p.add_argument("--config", help="configuration file (default: examples/local.yaml)")
+    p.add_argument("--port", type=int, default=3000, help="port to serve on (0: any free port)")
+    p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("decode", help="print a token's header and claims (does not verify)")
+    p.add_argument("token", help="the token, or - to read it from standard input")
+    p.set_defaults(func=cmd_decode)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

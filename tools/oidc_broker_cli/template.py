@@ -1,0 +1,81 @@
+"""What local mode reads from template.yaml, so local resources and routes cannot drift from it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .yamlfile import load_template
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    function: str  # logical id
+    code_uri: Path
+    handler: str  # module.function
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if self.method not in ("ANY", method):
+            return None
+        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
+        m = re.fullmatch(pattern, path)
+        return m.groupdict() if m else None
+
+
+class Template:
+    def __init__(self, path: Path):
+        self.path = path
+        self.root = path.parent
+        self.doc = load_template(path.read_text())
+        self.resources: dict[str, dict[str, Any]] = self.doc["Resources"]
+        self.globals = (self.doc.get("Globals") or {}).get("Function") or {}
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {name: r for name, r in self.resources.items() if r.get("Type") == kind}
+
+    def one(self, kind: str) -> tuple[str, dict[str, Any]]:
+        found = self.of_type(kind)
+        if len(found) != 1:
+            raise ValueError(f"{self.path}: expected one {kind}, found {len(found)}")
+        return next(iter(found.items()))
+
+    def function(self, logical_id: str) -> tuple[Path, str]:
+        props = self.resources[logical_id]["Properties"]
+        code_uri = props.get("CodeUri", self.globals.get("CodeUri"))
+        handler = props.get("Handler", self.globals.get("Handler"))
+        return self.root / code_uri, handler
+
+    def routes(self) -> list[Route]:
+        routes = []
+        for name, resource in self.of_type("AWS::Serverless::Function").items():
+            for event in (resource["Properties"].get("Events") or {}).values():
+                if event.get("Type") != "HttpApi":
+                    continue
+                code_uri, handler = self.function(name)
+                props = event["Properties"]
+                routes.append(Route(props["Method"].upper(), props["Path"], name, code_uri, handler))
+        return routes
+
+    def environment(self, refs: dict[str, str]) -> dict[str, str]:
+        """Globals' function environment with Ref/GetAtt resolved from `refs`."""
+        variables = ((self.globals.get("Environment") or {}).get("Variables")) or {}
+        return {k: _resolve(v, refs) for k, v in variables.items()}
+
+    def parameter_default(self, name: str) -> str:
+        return str(self.doc.get("Parameters", {}).get(name, {}).get("Default", ""))
+
+
+def _resolve(value: Any, refs: dict[str, str]) -> str:
+    if isinstance(value, dict) and "Ref" in value:
+        return refs[value["Ref"]]
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        return refs[".".join(value["Fn::GetAtt"])]
+    if isinstance(value, dict) and "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+        return re.sub(r"\$\{([\w.:]+)\}", lambda m: refs[m.group(1)], value["Fn::Sub"])
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ValueError(f"local mode cannot resolve {value!r}")
