@@ -220,10 +220,10 @@ def _check_times(claims: dict[str, Any], now: float, leeway: int) -> None:
         raise InvalidGrant("subject_token sub must be a non-empty string", "invalid_sub")
     if claims["exp"] <= now - leeway:
         raise InvalidGrant("subject_token has expired", "expired")
-    if claims.get("nbf", claims["iat"]) > now + leeway:
-        raise InvalidGrant("subject_token is not valid yet (nbf)", "not_yet_valid")
     if claims["iat"] > now + leeway:
         raise InvalidGrant("subject_token was issued in the future (iat)", "issued_in_future")
+    if "nbf" in claims and claims["nbf"] > now + leeway:
+        raise InvalidGrant("subject_token is not valid yet (nbf)", "not_yet_valid")
 
 
 def _audience_ok(aud: Any, expected: str) -> bool:
