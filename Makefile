@@ -5,7 +5,7 @@ TOOLS  := .venv-tools
 PORT   ?= 3000
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test unit venv tools interop build clean
+.PHONY: run test unit venv tools interop build deploy clean
 
 venv: $(VENV)/.installed
 tools: $(TOOLS)/.installed
@@ -37,8 +37,14 @@ test: venv tools interop
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
+# The layer is compiled for the local interpreter: build and deploy with the same runtime.
+BUILD_RUNTIME ?= python$(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+
 build: tools
-	$(TOOLS)/bin/sam build --parameter-overrides PythonRuntime=python3.11
+	$(TOOLS)/bin/sam build --parameter-overrides PythonRuntime=$(BUILD_RUNTIME)
+
+deploy: build
+	$(TOOLS)/bin/sam deploy --guided --parameter-overrides PythonRuntime=$(BUILD_RUNTIME)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .aws-sam tests/interop/node_modules

@@ -1,0 +1,125 @@
+"""`oidc-broker validate` and `apply` against a table in moto's server, as an operator runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from oidc_broker_cli.local import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = """
+issuer: https://id.example.com
+trusted_issuers:
+  - name: github
+    issuer: https://token.actions.githubusercontent.com
+spaces:
+  - name: default
+    targets:
+      - name: prod-ecr
+        kind: feed
+        provider: aws
+        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
+    trust:
+      - name: app-main
+        issuer: github
+        claims: {repository: acme/app, ref: refs/heads/main}
+        targets: [prod-ecr]
+"""
+
+
+@pytest.fixture(scope="module")
+def aws():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="t", AWS_SECRET_ACCESS_KEY="t",
+               AWS_DEFAULT_REGION="us-east-1", TABLE_NAME="broker")
+    client = boto3.client("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="t", aws_secret_access_key="t")
+    client.create_table(TableName="broker", BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}])
+    yield env, client
+    server.stop()
+
+
+def cli(env, *args):
+    return subprocess.run([sys.executable, "-m", "oidc_broker_cli.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def stored(client):
+    return client.get_item(TableName="broker", Key={"pk": {"S": "CONFIG"}, "sk": {"S": "CURRENT"}}).get("Item")
+
+
+def test_validate_accepts_a_good_file(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD)
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "valid (1 spaces, 1 targets, 1 trust rules)" in result.stdout
+
+
+def test_validate_names_the_file_the_path_and_the_rule(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("name: prod-ecr", "name: Prod_ECR"))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 2
+    assert f"{path}: spaces[0].targets[0].name: must be a slug" in result.stderr
+
+
+def test_validate_refuses_duplicate_yaml_keys(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD + "issuer: https://other.example.com\n")
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 2
+    assert "duplicate key 'issuer'" in result.stderr
+
+
+def test_apply_writes_a_valid_file(aws, tmp_path):
+    env, client = aws
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD)
+    result = cli(env, "apply", str(path))
+    assert result.returncode == 0, result.stderr
+    item = stored(client)
+    assert json.loads(item["document"]["S"])["issuer"] == "https://id.example.com"
+
+
+def test_apply_writes_nothing_when_anything_is_invalid(aws, tmp_path):
+    env, client = aws
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    assert cli(env, "apply", str(path)).returncode == 0
+    before = stored(client)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("targets: [prod-ecr]", "targets: [prod-ecr, nope]").replace("issuer: https://id.example.com", "issuer: http://id.example.com"))
+    result = cli(env, "apply", str(bad))
+    assert result.returncode == 2
+    assert "issuer: must start with https://" in result.stderr
+    assert "trust[0].targets[1]: 'nope' is not a target" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert stored(client) == before
+
+
+def test_apply_refuses_loopback_http_issuers_outside_local_mode(aws, tmp_path):
+    env, _ = aws
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("https://id.example.com", "http://127.0.0.1:3000"))
+    result = cli(env, "apply", str(path))
+    assert result.returncode == 2
+    assert "only for loopback hosts in local mode" in result.stderr
+
+
+def test_decode_prints_header_and_claims():
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzcGFjZTpkZWZhdWx0OmZlZWQ6cHJvZC1lY3IifQ.c2ln"
+    result = cli(os.environ.copy(), "decode", token)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"header": {"alg": "RS256"}, "claims": {"sub": "space:default:feed:prod-ecr"}}
