@@ -22,6 +22,46 @@ def project_root() -> Path:
     raise SystemExit("oidc-broker: template.yaml not found; run from the project directory")
 
 
+def print_warnings(config: config_module.Config, source: str) -> None:
+    for path, advice in config.warnings:
+        print(f"warning: {source}: {path}: {advice}", file=sys.stderr)
+
+
+def load_config(args: argparse.Namespace) -> config_module.Config:
+    """The configuration to explain against: a file, or what is applied in the table."""
+    if args.config:
+        return config_module.parse(apply_module.read(Path(args.config)), args.config,
+                                   allow_loopback_http=args.allow_loopback_http)
+    import boto3
+
+    from oidc_broker.store import Store
+
+    table = args.table or os.environ.get("TABLE_NAME")
+    if not table:
+        raise apply_module.ApplyError("name a configuration with --config FILE, or the table with --table / TABLE_NAME")
+    item = Store(boto3.client("dynamodb"), table).get_config()
+    if item is None:
+        raise apply_module.ApplyError(f"no configuration has been applied to {table}")
+    return config_module.parse(item["document"], item["source"], allow_loopback_http=args.allow_loopback_http)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import time
+
+    from oidc_broker.callers import HttpFetcher, IssuerKeys
+
+    from .explain import explain
+
+    token = args.token if args.token != "-" else sys.stdin.read().strip()
+    try:
+        config = load_config(args)
+    except (apply_module.ApplyError, config_module.ConfigError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    keys = None if args.no_verify else IssuerKeys(HttpFetcher(allow_loopback_http=args.allow_loopback_http), time.time)
+    return explain(token, args.target, config, keys, sys.stdout)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
@@ -29,6 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except (apply_module.ApplyError, config_module.ConfigError) as e:
         print(e, file=sys.stderr)
         return 2
+    print_warnings(config, args.file)
     targets = sum(len(s.targets) for s in config.spaces.values())
     rules = sum(len(s.trust) for s in config.spaces.values())
     print(f"{args.file}: valid ({len(config.spaces)} spaces, {targets} targets, {rules} trust rules)")
@@ -52,6 +93,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         print("nothing was written", file=sys.stderr)
         return 2
+    print_warnings(config, args.file)
     print(f"applied {args.file} to {table}: issuer {config.issuer}")
     return 0
 
@@ -102,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="configuration file (default: examples/local.yaml)")
     p.add_argument("--port", type=int, default=3000, help="port to serve on (0: any free port)")
     p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("explain", help="show each trust rule's verdict on a CI token for a target")
+    p.add_argument("--target", required=True, help="<space>/<target>")
+    p.add_argument("token", help="the caller's CI token, or - to read it from standard input")
+    p.add_argument("--config", help="configuration file (default: the one applied to --table)")
+    p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
+    p.add_argument("--no-verify", action="store_true", help="do not fetch the issuer's keys; judge the claims only")
+    p.add_argument("--allow-loopback-http", action="store_true", help="accept http:// loopback issuers (local mode)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("decode", help="print a token's header and claims (does not verify)")
     p.add_argument("token", help="the token, or - to read it from standard input")

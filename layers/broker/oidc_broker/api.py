@@ -115,7 +115,7 @@ def json_response(status: int, payload: Any, *, cache_control: str = "no-store",
 
 
 def error_response(error: BrokerError) -> dict[str, Any]:
-    return json_response(error.status, error.body(), headers={"Pragma": "no-cache"})
+    return json_response(error.status, error.body(), headers={"Pragma": "no-cache", **error.headers})
 
 
 def unexpected_error() -> dict[str, Any]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import subject
+from . import presets, subject
+from .matching import Condition, Glob, compile_condition
 
 PROVIDERS = ("aws", "azure", "gcp")
 KINDS = ("feed", "account")
@@ -40,10 +41,42 @@ _GCP_PROVIDER = re.compile(
 _SERVICE_ACCOUNT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com")
 _HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
-PROVIDER_SETTINGS: dict[str, dict[str, tuple[re.Pattern[str], str]]] = {
+def _seconds_between(low: int, high: int) -> Callable[[object], int | None]:
+    def check(value: object) -> int | None:
+        seconds = parse_lifetime(value)
+        return seconds if seconds is not None and low <= seconds <= high else None
+
+    return check
+
+
+def _fraction_between(low: float, high: float) -> Callable[[object], float | None]:
+    def check(value: object) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if low <= value <= high else None
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[object], str | None]:
+    return lambda value: value if value in choices else None
+
+
+# Each setting's check is a pattern a string must match whole, or a function returning the
+# normalised value (None when the value is refused), with the rule a refusal names.
+SettingCheck = re.Pattern[str] | Callable[[object], Any]
+
+PROVIDER_SETTINGS: dict[str, dict[str, tuple[SettingCheck, str]]] = {
     "aws": {
         "role_arn": (_ROLE_ARN, "an IAM role ARN"),
         "region": (_REGION, "an AWS region such as us-east-1"),
+        # STS allows 900 s up to the role's MaxSessionDuration, at most 12 hours.
+        "session_duration": (_seconds_between(900, 43200), "a duration from 900s to 43200s (e.g. 3600, 15m, 12h)"),
+        # ECR private (the role's account and region) or ECR Public (public.ecr.aws, us-east-1).
+        "registry": (_one_of("ecr", "ecr-public"), "ecr or ecr-public (feed targets only)"),
+        # Cached credentials are served until this fraction of their lifetime has passed;
+        # 0 never serves from the cache. Half, as docker-credential-ecr-login refreshes.
+        "refresh_at": (_fraction_between(0.0, 0.9), "a fraction of the credentials' lifetime from 0 to 0.9"),
     },
     "azure": {
         "tenant_id": (_UUID, "a tenant ID (UUID)"),
@@ -57,8 +90,21 @@ PROVIDER_SETTINGS: dict[str, dict[str, tuple[re.Pattern[str], str]]] = {
     },
 }
 
+# Values a target has when its configuration leaves a setting out (Target.setting reads them).
+PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aws": {"session_duration": 3600, "refresh_at": 0.5},
+}
+# Settings that fit only one kind of target.
+_SETTING_KINDS = {("aws", "registry"): "feed"}
+
 _DURATION = re.compile(r"(\d+)([smh]?)")
-_CLAIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+# ASCII only, so a look-alike such as 'ſub' can never name a claim; '/' for CircleCI's claims.
+_CLAIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]{0,127}")
+
+DEFAULT_LEEWAY = 60
+MAX_LEEWAY = 300
+DEFAULT_MAX_TOKEN_AGE = 3600
+MAX_TOKEN_AGE = 24 * 3600
 
 
 class ConfigError(ValueError):
@@ -75,6 +121,9 @@ class TrustedIssuer:
     name: str
     issuer: str
     jwks_uri: str | None = None
+    preset: presets.Preset = presets.GENERIC
+    leeway: int = DEFAULT_LEEWAY  # seconds allowed on exp, nbf and iat
+    max_token_age: int = DEFAULT_MAX_TOKEN_AGE  # a token older than this (by iat) is refused
 
 
 @dataclass(frozen=True)
@@ -86,11 +135,19 @@ class Target:
     audience: str
     subject_keys: tuple[str, ...]
     lifetime: int
-    settings: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
         return f"{self.space}/{self.name}"
+
+    def setting(self, name: str) -> Any:
+        """A provider setting: the configured value, else the provider's default, else None."""
+        if name in self.settings:
+            return self.settings[name]
+        if name == "registry" and self.provider == "aws" and self.kind == "feed":
+            return "ecr"
+        return PROVIDER_DEFAULTS.get(self.provider, {}).get(name)
 
 
 @dataclass(frozen=True)
@@ -107,7 +164,7 @@ class TrustRule:
     name: str
     issuer: str  # a TrustedIssuer name
     audience: str
-    claims: Mapping[str, str | int | bool]
+    claims: Mapping[str, Condition]
     targets: tuple[str, ...]
     context: Mapping[str, ContextValue]
 
@@ -124,6 +181,8 @@ class Config:
     issuer: str
     trusted_issuers: Mapping[str, TrustedIssuer]
     spaces: Mapping[str, Space]
+    # (path, advice) pairs: allowed, but worth an administrator's look
+    warnings: tuple[tuple[str, str], ...] = ()
 
     def issuer_named(self, name: str) -> TrustedIssuer:
         return self.trusted_issuers[name]
@@ -186,6 +245,10 @@ def parse_lifetime(value: object) -> int | None:
 class _Problems:
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.warnings: list[tuple[str, str]] = []
+
+    def warn(self, path: str, advice: str) -> None:
+        self.warnings.append((path, advice))
 
     def add(self, path: str, rule: str) -> None:
         self.items.append((path, rule))
@@ -228,21 +291,15 @@ def parse(document: object, source: str = "<config>", *, allow_loopback_http: bo
     trusted: dict[str, TrustedIssuer] = {}
     for i, item in enumerate(p.items_of(doc.get("trusted_issuers"), "trusted_issuers")):
         path = f"trusted_issuers[{i}]"
-        item = p.mapping(item, path, {"name", "issuer", "jwks_uri"}, {"name", "issuer"})
-        name, url, jwks_uri = item.get("name"), item.get("issuer"), item.get("jwks_uri")
-        ok = p.slug(name, f"{path}.name") if "name" in item else False
-        if "issuer" in item and (why := url_problem(url, allow_loopback_http=allow_loopback_http)):
-            p.add(f"{path}.issuer", why)
-            ok = False
-        if jwks_uri is not None and (why := url_problem(jwks_uri, allow_loopback_http=allow_loopback_http)):
-            p.add(f"{path}.jwks_uri", why)
-            ok = False
-        if ok and name in trusted:
-            p.add(f"{path}.name", f"duplicate trusted issuer name {name!r}")
-        elif ok and any(t.issuer == url for t in trusted.values()):
+        issuer_item = _parse_trusted_issuer(p, item, path, allow_loopback_http)
+        if issuer_item is None:
+            continue
+        if issuer_item.name in trusted:
+            p.add(f"{path}.name", f"duplicate trusted issuer name {issuer_item.name!r}")
+        elif any(t.issuer == issuer_item.issuer for t in trusted.values()):
             p.add(f"{path}.issuer", "this issuer URL is already listed")
-        elif ok:
-            trusted[name] = TrustedIssuer(name=name, issuer=url, jwks_uri=jwks_uri)
+        else:
+            trusted[issuer_item.name] = issuer_item
 
     spaces: dict[str, Space] = {}
     space_items = p.items_of(doc.get("spaces"), "spaces")
@@ -264,7 +321,38 @@ def parse(document: object, source: str = "<config>", *, allow_loopback_http: bo
 
     if p.items:
         raise ConfigError(source, p.items)
-    return Config(issuer=issuer, trusted_issuers=trusted, spaces=spaces)
+    return Config(issuer=issuer, trusted_issuers=trusted, spaces=spaces, warnings=tuple(p.warnings))
+
+
+def _seconds(p: _Problems, item: dict, key: str, path: str, default: int, low: int, high: int) -> int | None:
+    value = parse_lifetime(item.get(key, default))
+    if value is None or not low <= value <= high:
+        p.add(f"{path}.{key}", f"must be a duration from {low}s to {high}s (e.g. 60, 5m, 1h)")
+        return None
+    return value
+
+
+def _parse_trusted_issuer(p: _Problems, item: object, path: str, allow_loopback_http: bool) -> TrustedIssuer | None:
+    known = {"name", "issuer", "jwks_uri", "preset", "leeway", "max_token_age"}
+    item = p.mapping(item, path, known, {"name", "issuer"})
+    name, url, jwks_uri = item.get("name"), item.get("issuer"), item.get("jwks_uri")
+    ok = p.slug(name, f"{path}.name") if "name" in item else False
+    if "issuer" in item and (why := url_problem(url, allow_loopback_http=allow_loopback_http)):
+        p.add(f"{path}.issuer", why)
+        ok = False
+    if jwks_uri is not None and (why := url_problem(jwks_uri, allow_loopback_http=allow_loopback_http)):
+        p.add(f"{path}.jwks_uri", why)
+        ok = False
+    preset_name = item.get("preset")
+    if preset_name is not None and (not isinstance(preset_name, str) or preset_name not in presets.PRESETS):
+        p.add(f"{path}.preset", f"must be one of {', '.join(presets.PRESETS)}")
+        ok = False
+    leeway = _seconds(p, item, "leeway", path, DEFAULT_LEEWAY, 0, MAX_LEEWAY)
+    max_age = _seconds(p, item, "max_token_age", path, DEFAULT_MAX_TOKEN_AGE, 60, MAX_TOKEN_AGE)
+    if not ok or leeway is None or max_age is None:
+        return None
+    preset = presets.PRESETS[preset_name] if preset_name else presets.for_issuer(url)
+    return TrustedIssuer(name, url, jwks_uri, preset, leeway, max_age)
 
 
 def _parse_targets(p: _Problems, value: object, path: str, space: str) -> dict[str, Target]:
@@ -316,7 +404,7 @@ def _parse_targets(p: _Problems, value: object, path: str, space: str) -> dict[s
     return targets
 
 
-def _parse_settings(p: _Problems, item: dict, path: str, provider: str) -> dict[str, str]:
+def _parse_settings(p: _Problems, item: dict, path: str, provider: str) -> dict[str, Any]:
     for other in PROVIDERS:
         if other != provider and other in item:
             p.add(f"{path}.{other}", f"settings for {other} on a {provider} target")
@@ -327,11 +415,18 @@ def _parse_settings(p: _Problems, item: dict, path: str, provider: str) -> dict[
     settings = {}
     for key, value in block.items():
         if key in rules:
-            pattern, what = rules[key]
-            if isinstance(value, str) and pattern.fullmatch(value):
-                settings[key] = value
+            check, what = rules[key]
+            if isinstance(check, re.Pattern):
+                normalised = value if isinstance(value, str) and check.fullmatch(value) else None
             else:
+                normalised = check(value)
+            kind = _SETTING_KINDS.get((provider, key))
+            if normalised is None:
                 p.add(f"{path}.{provider}.{key}", f"must be {what}")
+            elif kind is not None and item.get("kind") != kind:
+                p.add(f"{path}.{provider}.{key}", f"applies to {kind} targets only")
+            else:
+                settings[key] = normalised
     return settings
 
 
@@ -363,6 +458,8 @@ def _parse_rules(
             p.add(f"{rpath}.name", f"duplicate trust rule name {name!r} in space {space!r}")
             ok = False
         issuer = item.get("issuer")
+        if not isinstance(issuer, str):
+            issuer = None
         if "issuer" in item and issuer not in trusted:
             p.add(f"{rpath}.issuer", "must name an entry of trusted_issuers")
             ok = False
@@ -371,20 +468,9 @@ def _parse_rules(
             p.add(f"{rpath}.audience", "must be a non-empty string")
             ok = False
 
-        claims = item.get("claims")
-        if "claims" in item:
-            if not isinstance(claims, dict) or not claims:
-                # A rule with no claim conditions would admit every pipeline of the issuer.
-                p.add(f"{rpath}.claims", "must be a mapping with at least one claim condition")
-                ok = False
-            else:
-                for claim, expected in claims.items():
-                    if not isinstance(claim, str) or not _CLAIM_NAME.fullmatch(claim):
-                        p.add(f"{rpath}.claims", f"{claim!r} is not a claim name")
-                        ok = False
-                    elif isinstance(expected, str) and expected == "" or not isinstance(expected, (str, int, bool)):
-                        p.add(f"{rpath}.claims.{claim}", "must be a non-empty string, a number or a boolean")
-                        ok = False
+        conditions = _parse_conditions(p, item, rpath, trusted.get(issuer))
+        if conditions is None:
+            ok = False
 
         rule_targets = item.get("targets")
         names: list[str] = []
@@ -394,7 +480,7 @@ def _parse_rules(
                 ok = False
             else:
                 for j, t in enumerate(rule_targets):
-                    if t not in targets:
+                    if not isinstance(t, str) or t not in targets:
                         p.add(f"{rpath}.targets[{j}]", f"{t!r} is not a target of space {space!r}")
                         ok = False
                     else:
@@ -417,8 +503,46 @@ def _parse_rules(
                 p.add(f"{rpath}.context", f"target {t!r}: the subject cannot fit {limit} bytes")
                 ok = False
         if ok:
-            rules.append(TrustRule(space, name, issuer, audience, dict(claims), tuple(names), context))
+            rules.append(TrustRule(space, name, issuer, audience, conditions, tuple(names), context))
     return tuple(rules)
+
+
+def _parse_conditions(p: _Problems, item: dict, path: str, issuer: TrustedIssuer | None) -> dict[str, Condition] | None:
+    if "claims" not in item:
+        return None
+    claims = item["claims"]
+    if not isinstance(claims, dict) or not claims:
+        # A rule with no claim conditions would admit every pipeline of the issuer.
+        p.add(f"{path}.claims", "must be a mapping with at least one claim condition")
+        return None
+    preset = issuer.preset if issuer else presets.GENERIC
+    conditions: dict[str, Condition] = {}
+    for claim, expected in claims.items():
+        cpath = f"{path}.claims.{claim}"
+        if not isinstance(claim, str) or not _CLAIM_NAME.fullmatch(claim):
+            p.add(f"{path}.claims", f"{claim!r} is not a claim name (ASCII letters, digits, '_', '.', '/', '-')")
+            continue
+        if claim in ("iss", "aud", "exp", "nbf", "iat", "jti"):
+            p.add(cpath, "is checked by the broker itself; use the rule's issuer and audience")
+            continue
+        try:
+            conditions[claim] = compile_condition(claim, expected, claim in preset.case_insensitive)
+        except ValueError as e:
+            p.add(cpath, str(e))
+            continue
+        if claim in preset.strings and any(not isinstance(a, (str, Glob)) for a in conditions[claim].alternatives):
+            p.add(cpath, f"{preset.title} sends {claim} as a string: quote the value")
+        if preset.claims and claim not in preset.claims:
+            p.warn(cpath, f"{preset.title} tokens carry no {claim!r} claim; this rule can never match")
+    if len(conditions) != len(claims):
+        return None
+    for claim in conditions:
+        id_claim = preset.id_for.get(claim)
+        if id_claim and id_claim not in conditions:
+            p.warn(f"{path}.claims.{claim}", f"matches a name that can change hands; also match {id_claim!r}, its immutable ID")
+    if preset.user_controlled and set(conditions) <= preset.user_controlled:
+        p.warn(f"{path}.claims", "matches only values the pipeline's author chooses; add a repository or project ID")
+    return conditions
 
 
 def _parse_context(p: _Problems, value: object, path: str) -> dict[str, ContextValue] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 class BrokerError(Exception):
     status = 400
     error = "invalid_request"
+    headers: dict[str, str] = {}  # extra response headers (Retry-After, WWW-Authenticate)
 
     def __init__(self, description: str, reason: str | None = None):
         super().__init__(description)
@@ -59,3 +60,33 @@ class ServerError(BrokerError):
 class TemporarilyUnavailable(BrokerError):
     status = 503
     error = "temporarily_unavailable"
+
+
+class Unauthorized(BrokerError):
+    """The request carries no usable `Authorization: Bearer <CI token>` header."""
+
+    status = 401
+    error = "invalid_request"
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_request"'}
+
+
+class AccessDenied(BrokerError):
+    """A cloud refused the broker's token: its trust configuration does not admit the subject."""
+
+    status = 403
+    error = "access_denied"
+
+
+class CloudError(BrokerError):
+    """A cloud could not use the broker's token or answered unexpectedly; the description says why."""
+
+    status = 502
+    error = "cloud_error"
+
+
+class Throttled(TemporarilyUnavailable):
+    """Try again later: a cloud throttled us, or another request is obtaining the same credentials."""
+
+    def __init__(self, description: str, reason: str | None = None, retry_after: int = 1):
+        super().__init__(description, reason)
+        self.headers = {"Retry-After": str(int(retry_after))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import callers, subject, tokens
@@ -35,10 +35,22 @@ class Issued:
     target: Target
     rule: TrustRule
     caller: callers.VerifiedCaller
+    grant: Grant | None = field(default=None, repr=False)
 
     @property
     def expires_in(self) -> int:
         return self.claims["exp"] - self.claims["iat"]
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """A caller verified and admitted to a target, and the subject it gets: nothing recorded yet."""
+
+    issuer: str  # the broker's issuer URL
+    caller: callers.VerifiedCaller
+    target: Target
+    rule: TrustRule
+    subject: subject.Subject
 
 
 class Broker:
@@ -51,7 +63,6 @@ class Broker:
         signer: Signer,
         store: Any,
         clock: Callable[[], float],
-        leeway: int = callers.LEEWAY,
     ):
         self._config = config
         self._caller_keys = caller_keys
@@ -59,15 +70,18 @@ class Broker:
         self._signer = signer
         self._store = store
         self._clock = clock
-        self._leeway = leeway
 
     def issue(self, subject_token: str, audience: str, issuer: str) -> Issued:
         """Mint a token for `audience` (<space>/<target>) to the caller `subject_token` proves."""
+        return self.mint(self.authorize(subject_token, audience, issuer))
+
+    def authorize(self, subject_token: str, audience: str, issuer: str) -> Authorization:
+        """Verify the caller, admit it to the target, build the subject. Records and signs nothing."""
         config = self._config()
         if config.issuer != issuer:
             raise ServerError("the broker's configuration names another issuer than this deployment", "issuer_mismatch")
         now = self._clock()
-        caller = callers.verify(subject_token, config, self._caller_keys, now, self._leeway)
+        caller = callers.verify(subject_token, config, self._caller_keys, now)
         target = config.target(audience)
         if target is None:
             raise InvalidTarget(f"audience {audience!r} is not a known <space>/<target>", "unknown_target")
@@ -77,35 +91,58 @@ class Broker:
             subj = subject.build(target.subject_keys, values, target.provider)
         except subject.SubjectError as e:
             raise InvalidGrant(str(e), "invalid_subject") from None
+        return Authorization(issuer=issuer, caller=caller, target=target, rule=rule, subject=subj)
 
+    def mint(self, auth: Authorization) -> Issued:
+        """Record the grant (replay guard and audit entry), then sign; a failed signature withdraws it."""
         key = self._key_ring.signing_key()
         if key is None:
             raise ServerError("the key ring has no active signing key", "no_signing_key")
-        issued_at = int(now)
+        issued_at = int(self._clock())
+        caller, target, rule = auth.caller, auth.target, auth.rule
         actor = tokens.Caller(issuer=caller.issuer.issuer, subject=caller.subject, rule=rule.name)
-        body = tokens.claims(issuer=issuer, target=target, subject=subj, caller=actor, now=issued_at, jti=str(uuid.uuid4()))
+        body = tokens.claims(issuer=auth.issuer, target=target, subject=auth.subject, caller=actor, now=issued_at,
+                             jti=str(uuid.uuid4()))
         message = tokens.signing_input(tokens.header(key.kid), body)
 
-        grant = Grant(
-            caller_issuer=caller.issuer.issuer,
-            caller_subject=caller.subject,
-            caller_jti=caller.jti,
-            trust_rule=rule.name,
-            target=target.ref,
-            subject=body["sub"],
-            audience=target.audience,
-            token_jti=body["jti"],
-            issued_at=issued_at,
-            token_expires_at=body["exp"],
-            keep_until=max(int(caller.claims["exp"]) + self._leeway + REPLAY_MARGIN, issued_at + AUDIT_RETENTION),
-        )
-        try:
-            self._store.record_grant(grant)
-        except AlreadyUsed:
-            raise InvalidGrant(f"subject_token was already used for target {target.ref!r}", "replayed") from None
+        grant = self._grant(auth, token_jti=body["jti"], issued_at=issued_at, expires_at=body["exp"])
+        self._record(grant)
         try:
             signature = self._signer.sign(key.key_arn, message)
         except Exception:
             self._store.withdraw_grant(grant)
             raise
-        return Issued(tokens.assemble(message, signature), body, target, rule, caller)
+        return Issued(tokens.assemble(message, signature), body, target, rule, caller, grant)
+
+    def record(self, auth: Authorization, *, token_jti: str, expires_at: int) -> Grant:
+        """Record a grant for credentials served without minting (a cache hit): replay guard and audit entry."""
+        grant = self._grant(auth, token_jti=token_jti, issued_at=int(self._clock()), expires_at=expires_at)
+        self._record(grant)
+        return grant
+
+    def withdraw(self, issued: Issued) -> None:
+        """Undo the grant of a token that obtained nothing, so the caller token stays usable."""
+        if issued.grant is not None:
+            self._store.withdraw_grant(issued.grant)
+
+    def _grant(self, auth: Authorization, *, token_jti: str, issued_at: int, expires_at: int) -> Grant:
+        caller = auth.caller
+        return Grant(
+            caller_issuer=caller.issuer.issuer,
+            caller_subject=caller.subject,
+            caller_jti=caller.jti,
+            trust_rule=auth.rule.name,
+            target=auth.target.ref,
+            subject=str(auth.subject),
+            audience=auth.target.audience,
+            token_jti=token_jti,
+            issued_at=issued_at,
+            token_expires_at=int(expires_at),
+            keep_until=max(int(caller.claims["exp"]) + caller.issuer.leeway + REPLAY_MARGIN, issued_at + AUDIT_RETENTION),
+        )
+
+    def _record(self, grant: Grant) -> None:
+        try:
+            self._store.record_grant(grant)
+        except AlreadyUsed:
+            raise InvalidGrant(f"subject_token was already used for target {grant.target!r}", "replayed") from None

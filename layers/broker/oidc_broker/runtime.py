@@ -67,7 +67,7 @@ def broker():
     (kms,) = _clients("kms")
     return Broker(
         config=config_module.ConfigCache(lambda: load_config(source), time.time).get,
-        caller_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time),
+        caller_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time, shared=source),
         key_ring=key_ring(source),
         signer=KmsSigner(kms),
         store=source,

@@ -3,6 +3,8 @@
 Item layout (pk / sk):
   CONFIG / CURRENT                      the applied configuration document (JSON)
   KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK
+  ISSUERKEYS#<hash of issuer URL> / CURRENT
+                                        a trusted issuer's last good key set, shared by containers
   GRANT#<hash of caller iss+jti> / TARGET#<space>/<target>
                                         one accepted caller token for one target; its existence is
                                         the replay guard, its attributes the audit record. The
@@ -48,6 +50,11 @@ class Grant:
 def grant_key(caller_issuer: str, caller_jti: str, target: str) -> dict[str, dict[str, str]]:
     digest = hashlib.sha256(f"{caller_issuer}\n{caller_jti}".encode()).hexdigest()
     return {"pk": {"S": f"GRANT#{digest}"}, "sk": {"S": f"TARGET#{target}"}}
+
+
+def _issuer_keys_key(issuer: str) -> dict[str, dict[str, str]]:
+    digest = hashlib.sha256(issuer.encode()).hexdigest()
+    return {"pk": {"S": f"ISSUERKEYS#{digest}"}, "sk": {"S": "CURRENT"}}
 
 
 def _s(value: str) -> dict[str, str]:
@@ -138,6 +145,30 @@ class Store:
             return False
         return True
 
+    # -- trusted issuers' key sets ---------------------------------------------------------------
+    def get_issuer_keys(self, issuer: str) -> tuple[float, list[dict[str, Any]]] | None:
+        item = self._db.get_item(TableName=self._table, Key=_issuer_keys_key(issuer)).get("Item")
+        if not item or item.get("issuer", {}).get("S") != issuer:
+            return None
+        return float(item["fetched_at"]["N"]), json.loads(item["keys"]["S"])
+
+    def put_issuer_keys(self, issuer: str, keys: list[dict[str, Any]], fetched_at: float) -> None:
+        """Share a freshly fetched key set, unless another container shared a newer one."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item={
+                    **_issuer_keys_key(issuer),
+                    "issuer": _s(issuer),
+                    "keys": _s(json.dumps(keys, sort_keys=True)),
+                    "fetched_at": {"N": repr(float(fetched_at))},
+                },
+                ConditionExpression="attribute_not_exists(pk) OR fetched_at < :t",
+                ExpressionAttributeValues={":t": {"N": repr(float(fetched_at))}},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            pass
+
     # -- grants ------------------------------------------------------------------------------
     def record_grant(self, grant: Grant) -> None:
         """Record that a caller token was accepted for a target; AlreadyUsed if it was before."""
@@ -185,3 +216,75 @@ class Store:
         for item in page.get("Items", []):
             out.append({k: (int(v["N"]) if "N" in v else v["S"]) for k, v in item.items() if k not in ("pk", "sk", "gsi1pk", "gsi1sk")})
         return out
+
+    # -- credential cache ----------------------------------------------------------------------
+    # CACHE#<space>/<target> / CREDENTIALS#<subject>   one envelope-encrypted credential set (no
+    #                                                  plaintext secret); ttl = its expiry
+    # CACHE#<space>/<target> / FILL#<subject>          the lease of the request obtaining it
+    def cached_credentials(self, target: str, subject: str) -> dict[str, Any] | None:
+        item = self._db.get_item(
+            TableName=self._table, Key=_cache_key(target, CACHE_ENTRY, subject), ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return None
+        return {k: _value(v) for k, v in item.items() if k not in ("pk", "sk")}
+
+    def put_cached_credentials(self, target: str, subject: str, attributes: dict[str, str | int | bytes]) -> None:
+        item = {**_cache_key(target, CACHE_ENTRY, subject), **{k: _attribute(v) for k, v in attributes.items()}}
+        self._db.put_item(TableName=self._table, Item=item)
+
+    def lock_credentials_fill(self, target: str, subject: str, owner: str, now: int, lease_until: int) -> bool:
+        """Take the fill lease unless another owner holds an unexpired one; True when taken."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item={
+                    **_cache_key(target, CACHE_FILL, subject),
+                    "owner": _s(owner),
+                    "lease_until": _n(lease_until),
+                    "ttl": _n(lease_until + 3600),
+                },
+                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
+                ExpressionAttributeValues={":now": _n(now)},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def unlock_credentials_fill(self, target: str, subject: str, owner: str) -> None:
+        """Release the fill lease if this owner still holds it."""
+        try:
+            self._db.delete_item(
+                TableName=self._table,
+                Key=_cache_key(target, CACHE_FILL, subject),
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": _s(owner)},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            pass
+
+
+CACHE_ENTRY, CACHE_FILL = "CREDENTIALS", "FILL"
+
+
+def _cache_key(target: str, kind: str, subject: str) -> dict[str, dict[str, str]]:
+    return {"pk": _s(f"CACHE#{target}"), "sk": _s(f"{kind}#{subject}")}
+
+
+def _attribute(value: str | int | bytes) -> dict[str, Any]:
+    if isinstance(value, bytes):
+        return {"B": value}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _n(value)
+    if isinstance(value, str):
+        return _s(value)
+    raise TypeError(f"cannot store a {type(value).__name__} in the credential cache")
+
+
+def _value(attribute: dict[str, Any]) -> str | int | bytes:
+    if "B" in attribute:
+        return bytes(attribute["B"])
+    if "N" in attribute:
+        return int(attribute["N"])
+    return attribute["S"]

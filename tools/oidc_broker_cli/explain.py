@@ -1,0 +1,91 @@
+"""`oidc-broker explain`: why a CI token would or would not get a token for a target.
+
+For administrators: it shows the caller token's claims (never the token itself), each trust
+rule's verdict check by check, and the subject and audience that would be minted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TextIO
+
+from oidc_broker import callers, subject
+from oidc_broker.config import Config
+from oidc_broker.errors import BrokerError
+
+
+def explain(token: str, target_ref: str, config: Config, keys: callers.IssuerKeys | None, out: TextIO,
+            now: float | None = None) -> int:
+    """Print the explanation; exit code 0 when the token would be admitted, 1 when not."""
+    now = time.time() if now is None else now
+    try:
+        header, claims = callers.parse(token)
+    except BrokerError as e:
+        print(f"token      refused: {e.description}", file=out)
+        return 1
+    issuer = config.issuer_for(claims.get("iss")) if isinstance(claims.get("iss"), str) else None
+    print(f"token      iss {claims.get('iss')!r}, sub {claims.get('sub')!r}, aud {claims.get('aud')!r}", file=out)
+    if issuer is None:
+        print("issuer     NOT TRUSTED: no trusted_issuers entry has this URL", file=out)
+        return 1
+    print(f"issuer     {issuer.name} ({issuer.preset.title}; leeway {issuer.leeway}s, max age {issuer.max_token_age}s)", file=out)
+
+    verified = True
+    if keys is None:
+        print("signature  not checked (--no-verify)", file=out)
+        verified = False
+        try:
+            callers.check_claims(claims, issuer, now)
+            print("time       ok", file=out)
+        except BrokerError as e:
+            print(f"time       FAIL: {e.description}", file=out)
+    else:
+        try:
+            claims = callers.verify(token, config, keys, now).claims
+            print("signature  ok; time ok", file=out)
+        except BrokerError as e:
+            print(f"signature  FAIL: {e.description}", file=out)
+            verified = False
+
+    target = config.target(target_ref)
+    if target is None:
+        print(f"target     NOT FOUND: {target_ref!r} is not a <space>/<target> of this configuration", file=out)
+        return 1
+    print(f"target     {target.ref} ({target.provider} {target.kind}), audience {target.audience!r}", file=out)
+
+    caller = callers.VerifiedCaller(issuer, claims)
+    admitted = None
+    for report in callers.explain(config, caller, target):
+        verdict = "ADMITS" if report.admits else "refuses"
+        print(f"\nrule {report.rule.name}: {verdict}", file=out)
+        for check in report.checks:
+            actual = _actual(check.name, claims)
+            shown = f"; token has {actual!r}" if actual is not _NONE else ""
+            print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<28} {check.detail}{shown}", file=out)
+        if report.admits and admitted is None:
+            admitted = report.rule
+
+    if admitted is None:
+        print("\nno trust rule admits this token to the target", file=out)
+        return 1
+    try:
+        values = {"space": target.space, target.kind: target.name, **callers.context_values(admitted, caller)}
+        minted = subject.build(target.subject_keys, values, target.provider)
+    except (BrokerError, subject.SubjectError) as e:
+        print(f"\nwould refuse: {getattr(e, 'description', e)}", file=out)
+        return 1
+    print(f"\nwould mint  sub {str(minted)!r}\n            aud {target.audience!r}\n            via rule {admitted.name}", file=out)
+    if not verified:
+        print("(the signature was not verified: the verdict assumes the token is genuine)", file=out)
+    return 0 if verified else 1
+
+
+_NONE: Any = object()
+
+
+def _actual(check_name: str, claims: dict[str, Any]) -> Any:
+    if check_name.startswith("claim "):
+        return claims.get(check_name[6:], _NONE)
+    if check_name == "aud":
+        return claims.get("aud", _NONE)
+    return _NONE
