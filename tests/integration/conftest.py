@@ -56,38 +56,39 @@ class LocalMode:
         return self.http.post("/token", data={k: v for k, v in form.items() if v is not None})
 
 
-@pytest.fixture(scope="session")
-def local(tmp_path_factory) -> LocalMode:
-    log_path = tmp_path_factory.mktemp("local") / "local.log"
+def start_local(log_path: Path, *args: str) -> LocalMode:
+    """Start `oidc-broker local` on a free port and wait for its `ready` line."""
     log = log_path.open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "oidc_broker_cli.main", "local", "--port", "0"],
+        [sys.executable, "-m", "oidc_broker_cli.main", "local", "--port", "0", *args],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     deadline = time.monotonic() + 60
-    base_url = None
-    while time.monotonic() < deadline and base_url is None:
+    while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"local mode exited:\n{log_path.read_text()}")
         if m := re.search(r"^ready: (http://\S+)", log_path.read_text(), re.M):
-            base_url = m.group(1)
-        else:
-            time.sleep(0.1)
-    if base_url is None:
-        process.kill()
-        raise RuntimeError(f"local mode did not become ready:\n{log_path.read_text()}")
-    mode = LocalMode(process, base_url, log_path)
-    yield mode
+            mode = LocalMode(process, m.group(1), log_path)
+            mode.aws_endpoint = re.search(r"embedded AWS\s+(http://\S+)", log_path.read_text()).group(1)
+            mode._log = log
+            return mode
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"local mode did not become ready:\n{log_path.read_text()}")
+
+
+def stop_local(mode: LocalMode) -> None:
     mode.http.close()
-    process.send_signal(signal.SIGTERM)
+    mode.process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=10)
+        mode.process.wait(timeout=10)
     finally:
-        log.close()
+        mode._log.close()
 
 
-@pytest.fixture
-def unique_repo() -> str:
-    """Claims differ per test only where a test says so; jti is fresh on every dev CI token."""
-    return f"acme/app-{uuid.uuid4().hex[:8]}"
+@pytest.fixture(scope="session")
+def local(tmp_path_factory) -> LocalMode:
+    mode = start_local(tmp_path_factory.mktemp("local") / "local.log")
+    yield mode
+    stop_local(mode)

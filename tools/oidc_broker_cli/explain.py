@@ -69,7 +69,7 @@ def explain(token: str, target_ref: str, config: Config, keys: callers.IssuerKey
         print("\nno trust rule admits this token to the target", file=out)
         return 1
     try:
-        values = {"space": target.space, target.kind: target.name, **callers.context_values(admitted, caller)}
+        values = {"space": target.space, target.kind: target.name, **callers.context_values(admitted, caller, target)}
         minted = subject.build(target.subject_keys, values, target.provider)
     except (BrokerError, subject.SubjectError) as e:
         print(f"\nwould refuse: {getattr(e, 'description', e)}", file=out)

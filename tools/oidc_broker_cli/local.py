@@ -1,10 +1,12 @@
 """Local mode: the real handlers behind an HTTP adapter, with an embedded AWS.
 
 Starts moto's server on a free loopback port and points boto3 at it through AWS_ENDPOINT_URL,
-creates the table and the signing key as template.yaml declares them, registers the key through
-the key ring function's own custom resource handler, applies the configuration, and serves every
-HttpApi route of template.yaml by building API Gateway HTTP API (payload 2.0) events. The
-production code is the same code; only its environment differs.
+and a verifying STS emulator in front of it through AWS_ENDPOINT_URL_STS; creates the table and
+the KMS keys as template.yaml declares them, registers the signing key through the key ring
+function's own custom resource handler, applies the configuration, registers the broker as an
+IAM OIDC provider with a role per AWS target whose trust policy admits the subjects the broker
+mints for it, and serves every HttpApi route of template.yaml by building API Gateway HTTP API
+(payload 2.0) events. The production code is the same code; only its environment differs.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class LocalBroker:
         self._provision()
         config = apply_module.apply(document, str(self.config_path), self._store, allow_loopback_http=True)
         self.targets = [t.ref for s in config.spaces.values() for t in s.targets.values()]
+        self.aws_roles = _trust_aws_targets(config, self._iam, self.issuer)
         self.routes = self.template.routes()
 
     def _start_aws(self) -> None:
@@ -172,6 +175,21 @@ class LocalBroker:
             AWS_DEFAULT_REGION=REGION,
             AWS_REGION=REGION,
         )
+        self._start_sts()
+
+    def _start_sts(self) -> None:
+        """STS verifies web identity tokens (moto's does not): the emulator does, then asks moto."""
+        import boto3
+        from oidc_broker_emulators.ecr import patch_moto_ecr_expiry
+        from oidc_broker_emulators.sts import IamDirectory, StsEmulator, Verifier, moto_credentials
+
+        patch_moto_ecr_expiry()
+        self._iam = boto3.client("iam", endpoint_url=self.aws_endpoint)
+        moto_sts = boto3.client("sts", endpoint_url=self.aws_endpoint)
+        self._sts = StsEmulator(Verifier(IamDirectory(self._iam, ACCOUNT_ID)), moto_credentials(moto_sts),
+                                passthrough=self.aws_endpoint).start()
+        self.sts_endpoint = self._sts.url
+        os.environ["AWS_ENDPOINT_URL_STS"] = self.sts_endpoint
 
     def _provision(self) -> None:
         import boto3
@@ -187,19 +205,29 @@ class LocalBroker:
         if "TimeToLiveSpecification" in props:
             dynamodb.update_time_to_live(TableName=table_name, TimeToLiveSpecification=props["TimeToLiveSpecification"])
 
-        key_id, key = self.template.one("AWS::KMS::Key")
         kms = boto3.client("kms")
-        key_arn = kms.create_key(
-            KeySpec=key["Properties"]["KeySpec"], KeyUsage=key["Properties"]["KeyUsage"],
-            Description="oidc-broker local signing key",
-        )["KeyMetadata"]["Arn"]
+        keys: dict[str, str] = {}
+        for key_id, key in self.template.of_type("AWS::KMS::Key").items():
+            props = key["Properties"]
+            spec = {"KeySpec": props["KeySpec"]} if "KeySpec" in props else {}
+            keys[key_id] = kms.create_key(
+                KeyUsage=props.get("KeyUsage", "ENCRYPT_DECRYPT"), Description=f"oidc-broker local {key_id}", **spec
+            )["KeyMetadata"]["Arn"]
 
-        refs = {table_id: table_name, f"{key_id}.Arn": key_arn, key_id: key_arn, "AWS::Region": REGION,
-                "AWS::AccountId": ACCOUNT_ID, "AWS::StackName": "oidc-broker-local"}
+        refs = {table_id: table_name, "AWS::Region": REGION, "AWS::AccountId": ACCOUNT_ID,
+                "AWS::StackName": "oidc-broker-local", "AWS::Partition": "aws"}
+        for key_id, key_arn in keys.items():
+            refs[key_id] = refs[f"{key_id}.Arn"] = key_arn
         for name in self.template.doc.get("Parameters", {}):
             refs[name] = self.template.parameter_default(name)
         refs["IssuerUrl"] = self.issuer
         os.environ.update(self.template.environment(refs))
+        # Function-level variables (CACHE_KEY_ID) too: local mode runs every function in one process.
+        from .template import _resolve
+
+        for resource in self.template.of_type("AWS::Serverless::Function").values():
+            variables = ((resource["Properties"].get("Environment") or {}).get("Variables")) or {}
+            os.environ.update({k: _resolve(v, refs) for k, v in variables.items()})
         os.environ["BROKER_ALLOW_LOOPBACK_HTTP"] = "true"
 
         from oidc_broker.store import Store
@@ -245,16 +273,19 @@ class LocalBroker:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._sts.stop()
         self._moto.stop()
 
     def banner(self) -> str:
         b = self.base_url
         target = self.targets[0] if self.targets else "default/prod-ecr"
+        aws_target = next(iter(self.aws_roles), "default/prod-ecr")
         return f"""
 oidc-broker local mode
   issuer         {self.issuer}
   discovery      {self.issuer}/.well-known/openid-configuration
   embedded AWS   {self.aws_endpoint} (moto)
+  AWS STS        {self.sts_endpoint} (verifying emulator; OIDC provider {self.issuer})
   dev CI issuer  {self.dev_ci.issuer}
   targets        {', '.join(self.targets)}
 
@@ -269,6 +300,10 @@ Walk the flow:
   curl -s {b}/.well-known/jwks.json
   # 4. decode the access_token from step 2
   .venv/bin/oidc-broker decode ACCESS_TOKEN
+  # 5. AWS credentials for a target (a fresh CI token: each is accepted once per target)
+  CI_TOKEN=$(curl -s -X POST '{b}{DEV_CI_PREFIX}/token?format=raw' -d '{{"repository": "acme/app", "ref": "refs/heads/main"}}')
+  curl -s {b}/exchange/aws -H "Authorization: Bearer $CI_TOKEN" -H 'Content-Type: application/json' \\
+    -d '{{"target": "{aws_target}"}}'
 """
 
 
@@ -383,3 +418,41 @@ def run(root: Path, config_path: Path, port: int) -> int:
     broker.stop()
     print("stopped", flush=True)
     return 0
+
+
+def _trust_aws_targets(config: config_module.Config, iam: Any, issuer: str) -> dict[str, str]:
+    """Register the issuer as an IAM OIDC provider and give each AWS target's role a trust policy.
+
+    Each role trusts exactly the subjects the broker mints for its targets: literal subject values
+    as they are, values a trust rule takes from a caller claim as `*` (StringLike). Roles in other
+    accounts are left alone (the broker then meets STS's "no OIDC provider" answer, as in AWS).
+    Returns target ref -> role ARN for the targets set up.
+    """
+    from oidc_broker_emulators.sts import ROLE_ARN, trust_policy
+
+    subjects: dict[str, set[str]] = {}
+    audiences: dict[str, set[str]] = {}
+    set_up: dict[str, str] = {}
+    for space in config.spaces.values():
+        for target in space.targets.values():
+            role_arn = target.setting("role_arn")
+            m = ROLE_ARN.fullmatch(role_arn or "")
+            if target.provider != "aws" or not m or m.group(1) != ACCOUNT_ID:
+                continue
+            subs = subjects.setdefault(role_arn, set())
+            for rule in config.rules_for(target):
+                values = {"space": target.space, target.kind: target.name}
+                values.update({k: (v.literal if v.literal is not None else "*") for k, v in rule.context.items()})
+                subs.add(":".join(f"{k}:{values.get(k, '*')}" for k in target.subject_keys))
+            audiences.setdefault(role_arn, set()).add(target.audience)
+            set_up[target.ref] = role_arn
+    if not set_up:
+        return set_up
+    client_ids = sorted({a for auds in audiences.values() for a in auds})
+    iam.create_open_id_connect_provider(Url=issuer, ClientIDList=client_ids, ThumbprintList=[])
+    for role_arn, subs in subjects.items():
+        policy = trust_policy(ACCOUNT_ID, issuer, sorted(audiences[role_arn]), sorted(subs), like=True)
+        path, _, name = role_arn.split(":role", 1)[1].rpartition("/")
+        iam.create_role(RoleName=name, Path=f"{path}/" if path else "/", AssumeRolePolicyDocument=json.dumps(policy),
+                        MaxSessionDuration=43200)
+    return set_up

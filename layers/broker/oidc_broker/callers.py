@@ -397,10 +397,13 @@ def admit(config: Config, caller: VerifiedCaller, target: Target) -> TrustRule:
     raise InvalidGrant("; ".join(reasons), reason)
 
 
-def context_values(rule: TrustRule, caller: VerifiedCaller) -> dict[str, str]:
-    """Subject values the rule supplies: literals, or verified claims that must be slugs as they are."""
+def context_values(rule: TrustRule, caller: VerifiedCaller, target: Target) -> dict[str, str]:
+    """Subject values the rule supplies for the target's keys: literals, or verified claims that
+    must be slugs as they are."""
     values: dict[str, str] = {}
     for key, source in rule.context.items():
+        if key not in target.subject_keys:
+            continue
         if source.literal is not None:
             values[key] = source.literal
             continue

@@ -1,7 +1,8 @@
 """Claim conditions: exact values, anchored globs, any-of lists, with strict types.
 
 A condition is compiled once when the configuration loads. Matching is pure:
-- a string containing `*` is a glob; `*` matches any run of characters except `/` and `:`, so
+- a string containing `*` is a glob; `*` matches any run of characters except `/`, `:` and
+  control characters, so
   `acme/*` can never match `acme/app/evil` or `acme/app:ref`; the whole value must match;
 - a list means any of its entries;
 - types are strict: 123 is not "123", True is not 1, a list claim never matches a scalar;
@@ -19,7 +20,8 @@ from .presets import ascii_lower
 
 Scalar = Union[str, int, bool]
 GLOB_STAR = "*"
-_NOT_DELIMITER = "[^/:]*"
+# Neither delimiter nor control character: a glob never matches across "/" or ":" or a newline.
+_NOT_DELIMITER = "[^/:\\x00-\\x1f\\x7f]*"
 
 
 @dataclass(frozen=True)
