@@ -123,3 +123,100 @@ def test_decode_prints_header_and_claims():
     result = cli(os.environ.copy(), "decode", token)
     assert result.returncode == 0
     assert json.loads(result.stdout) == {"header": {"alg": "RS256"}, "claims": {"sub": "space:default:feed:prod-ecr"}}
+
+
+def test_apply_warns_when_a_rule_matches_only_a_mutable_name(aws, tmp_path):
+    env, _ = aws
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD)
+    result = cli(env, "apply", str(path))
+    assert result.returncode == 0
+    assert "warning:" in result.stderr
+    assert "trust[0].claims.repository: matches a name that can change hands; also match 'repository_id'" in result.stderr
+
+
+def test_validate_warns_about_a_claim_the_issuer_never_sends(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("ref: refs/heads/main}", "ref: refs/heads/main, repo_id: '1'}"))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 0
+    assert "GitHub Actions tokens carry no 'repo_id' claim" in result.stderr
+
+
+def test_validate_refuses_a_rule_without_claim_conditions(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("claims: {repository: acme/app, ref: refs/heads/main}", "claims: {}"))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 2
+    assert "trust[0].claims: must be a mapping with at least one claim condition" in result.stderr
+
+
+def test_validate_refuses_a_numeric_id_github_sends_as_a_string(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("ref: refs/heads/main}", "ref: refs/heads/main, repository_id: 42}"))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 2
+    assert "claims.repository_id: GitHub Actions sends repository_id as a string: quote the value" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    from hostile_issuer import HostileIssuer
+
+    issuer = HostileIssuer()
+    yield issuer
+    issuer.stop()
+
+
+def explain_config(tmp_path, hostile) -> Path:
+    path = tmp_path / "explain.yaml"
+    path.write_text(f"""
+issuer: https://id.example.com
+trusted_issuers:
+  - {{name: gh, issuer: '{hostile.url("gh")}', preset: github}}
+spaces:
+  - name: default
+    targets:
+      - {{name: deploy, kind: account, provider: aws, subject: [space, environment, account]}}
+    trust:
+      - name: main
+        issuer: gh
+        claims: {{repository_id: "42", ref: refs/heads/main}}
+        targets: [deploy]
+        context: {{environment: {{claim: environment}}}}
+""")
+    return path
+
+
+def test_explain_shows_each_check_and_what_would_be_minted(tmp_path, hostile):
+    token = hostile.sign(hostile.claims("https://id.example.com", environment="production"))
+    result = cli(os.environ.copy(), "explain", "--allow-loopback-http", "--config", str(explain_config(tmp_path, hostile)),
+                 "--target", "default/deploy", token)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "signature  ok; time ok" in result.stdout
+    assert "rule main: ADMITS" in result.stdout
+    assert "claim repository_id" in result.stdout
+    assert "would mint  sub 'space:default:environment:production:account:deploy'" in result.stdout
+    assert "aud 'sts.amazonaws.com'" in result.stdout
+    assert token not in result.stdout and token.split(".")[2] not in result.stdout
+
+
+def test_explain_names_the_claim_that_fails(tmp_path, hostile):
+    token = hostile.sign(hostile.claims("https://id.example.com", ref="refs/heads/dev", environment="production"))
+    result = cli(os.environ.copy(), "explain", "--allow-loopback-http", "--config", str(explain_config(tmp_path, hostile)),
+                 "--target", "default/deploy", token)
+    assert result.returncode == 1
+    assert "rule main: refuses" in result.stdout
+    assert "FAIL  claim ref" in result.stdout and "token has 'refs/heads/dev'" in result.stdout
+    assert "no trust rule admits this token to the target" in result.stdout
+
+
+def test_explain_says_when_the_signature_does_not_verify(tmp_path, hostile):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    forged = hostile.sign(hostile.claims("https://id.example.com", environment="production"),
+                          key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    result = cli(os.environ.copy(), "explain", "--allow-loopback-http", "--config", str(explain_config(tmp_path, hostile)),
+                 "--target", "default/deploy", forged)
+    assert result.returncode == 1
+    assert "signature  FAIL: subject_token signature is not valid" in result.stdout
