@@ -5,7 +5,7 @@ TOOLS  := .venv-tools
 PORT   ?= 3000
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test unit venv tools interop build deploy clean
+.PHONY: run test unit bench venv tools interop build deploy clean
 
 venv: $(VENV)/.installed
 tools: $(TOOLS)/.installed
@@ -36,6 +36,10 @@ test: venv tools interop
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit
+
+# Ratios and counts against the budgets in bench/bench.py; a regression past one fails.
+bench: venv
+	$(VENV)/bin/python bench/bench.py
 
 # The layer is compiled for the local interpreter: build and deploy with the same runtime.
 BUILD_RUNTIME ?= python$(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')

@@ -1,0 +1,243 @@
+"""oidc-broker benchmarks: ratios and counts, not raw times (machines are noisy).
+
+    make bench            # or: .venv/bin/python bench/bench.py [--runs N] [--json FILE]
+
+Reports, and checks against the budgets in BUDGETS (a regression past one exits 1):
+- cold start per function: import and initialise its handler in a fresh interpreter, median of
+  runs, as a ratio to `python -c "import boto3"` measured in the same run;
+- AWS calls per request, counted through botocore's event hooks;
+- the warm handler's own CPU time per mint, and per verification of a caller token, as a ratio to
+  PyJWT verifying the same token alone (thread CPU time: the embedded AWS runs on other threads);
+- the cost per million mints, from the counted calls and list prices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTIONS = ("discovery", "jwks", "token", "key_ring")
+
+BUDGETS = {
+    "calls.discovery": 0,
+    "calls.jwks_warm": 0,
+    "calls.mint": 2,  # one KMS Sign, one DynamoDB write (replay guard + audit record)
+    "imports_boto3.discovery": False,
+    "cold_start_ratio.discovery": 0.6,  # discovery imports no boto3: well under boto3 alone
+    "cpu_ratio.verify": 3.0,  # a caller check costs at most 3x PyJWT verifying the token alone
+    # A whole mint: the caller check plus botocore's client-side work for two calls (signing,
+    # serialising, the user agent string), which dominates; measured near 34.
+    "cpu_ratio.mint": 45.0,
+}
+
+# us-east-1 list prices (USD), and the assumptions the cost line states.
+PRICES = {
+    "http_api_per_million": 1.00,
+    "lambda_request_per_million": 0.20,
+    "lambda_arm64_gb_second": 0.0000133334,
+    "kms_rsa_2048_sign_per_10k": 0.03,
+    "dynamodb_write_per_million": 0.625,
+    "dynamodb_read_per_million": 0.125,
+}
+LAMBDA_MEMORY_GB = 0.5
+LAMBDA_WARM_MS = 60
+
+
+def _median_seconds(code: str, env: dict[str, str], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def cold_starts(runs: int) -> dict[str, object]:
+    env = {**os.environ, "TABLE_NAME": "bench", "ISSUER_URL": "https://id.example.com", "AWS_DEFAULT_REGION": "us-east-1",
+           "POWERTOOLS_SERVICE_NAME": "oidc-broker", "POWERTOOLS_METRICS_NAMESPACE": "OidcBroker",
+           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    baseline = _median_seconds("import boto3", env, runs)
+    empty = _median_seconds("pass", env, runs)
+    results: dict[str, object] = {"baseline_boto3_s": round(baseline, 4)}
+    for name in FUNCTIONS:
+        code = (f"import sys; sys.path.insert(0, {str(ROOT / 'functions' / name)!r}); import app; "
+                "print('boto3' in sys.modules)")
+        seconds = _median_seconds(code, env, runs)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT).stdout
+        # Both sides less the bare interpreter start, so the ratio compares imports with imports.
+        results[f"cold_start_ratio.{name}"] = round((seconds - empty) / (baseline - empty), 2)
+        results[f"imports_boto3.{name}"] = out.strip() == "True"
+    return results
+
+
+class CallCounter:
+    """Counts AWS API calls by service and operation, through botocore's event hooks."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        import botocore.session
+
+        counter = self
+        original = botocore.session.Session.__init__
+
+        def init(session, *args, **kwargs):
+            original(session, *args, **kwargs)
+            session.register("before-call", counter._count)
+
+        botocore.session.Session.__init__ = init
+
+    def _count(self, model, **_):
+        with self._lock:
+            self.calls[f"{model.service_model.service_name}.{model.name}"] += 1
+
+    def take(self) -> Counter[str]:
+        with self._lock:
+            taken, self.calls = self.calls, Counter()
+        return taken
+
+
+def warm_paths(iterations: int) -> dict[str, object]:
+    import jwt
+
+    from oidc_broker import callers
+    from oidc_broker_cli.local import LocalBroker, http_api_event
+    from oidc_broker_cli.template import Route
+
+    counter = CallCounter()
+    counter.install()
+    local = LocalBroker(root=ROOT, config_path=ROOT / "examples" / "local.yaml", port=0, log=lambda _: None)
+    local.start()
+    try:
+        routes = {r.function: r for r in local.routes}
+
+        def event(function: str, body: bytes = b"", headers: dict | None = None):
+            route: Route = routes[function]
+            return http_api_event(route, route.method, route.path, "", {"host": "127.0.0.1", **(headers or {})},
+                                  body, "127.0.0.1", {})
+
+        def mint_event():
+            form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "subject_token": local.dev_ci.mint({}), "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "audience": "default/prod-ecr"}
+            return event("TokenFunction", urlencode(form).encode(), {"content-type": "application/x-www-form-urlencoded"})
+
+        # Warm every container once, then count one request of each kind.
+        for function in ("DiscoveryFunction", "JwksFunction"):
+            local.invoke(function, event(function))
+        assert local.invoke("TokenFunction", mint_event())["statusCode"] == 200
+        counter.take()
+        results: dict[str, object] = {}
+        for name, function in (("discovery", "DiscoveryFunction"), ("jwks_warm", "JwksFunction")):
+            local.invoke(function, event(function))
+            results[f"calls.{name}"] = sum(counter.take().values())
+        response = local.invoke("TokenFunction", mint_event())
+        assert response["statusCode"] == 200, response
+        mint_calls = counter.take()
+        results["calls.mint"] = sum(mint_calls.values())
+        results["calls.mint_detail"] = dict(mint_calls)
+
+        # CPU: the handler's own thread, per mint, against PyJWT verifying the same caller token.
+        events = [mint_event() for _ in range(iterations)]
+        started = time.thread_time()
+        for e in events:
+            local.invoke("TokenFunction", e)
+        mint_cpu = (time.thread_time() - started) / iterations
+
+        token = local.dev_ci.mint({})
+        public = jwt.PyJWK(local.dev_ci.jwk).key
+        started = time.thread_time()
+        for _ in range(iterations):
+            jwt.decode(token, public, algorithms=["RS256"], audience=local.issuer)
+        pyjwt_cpu = (time.thread_time() - started) / iterations
+
+        from oidc_broker import runtime
+
+        config = runtime.load_config(local._store)
+        keys = callers.IssuerKeys(callers.HttpFetcher(allow_loopback_http=True), time.time)
+        callers.verify(token, config, keys, time.time())
+        started = time.thread_time()
+        for _ in range(iterations):
+            callers.verify(token, config, keys, time.time())
+        verify_cpu = (time.thread_time() - started) / iterations
+
+        results["cpu_ratio.mint"] = round(mint_cpu / pyjwt_cpu, 2)
+        results["cpu_ratio.verify"] = round(verify_cpu / pyjwt_cpu, 2)
+        results["cost_per_million_mints_usd"] = cost_per_million(mint_calls)
+    finally:
+        local.stop()
+    return results
+
+
+def cost_per_million(calls: Counter[str]) -> float:
+    signs = calls.get("kms.Sign", 0)
+    writes = sum(n for op, n in calls.items() if op.startswith("dynamodb.") and op.split(".")[1] in ("PutItem", "DeleteItem", "UpdateItem"))
+    reads = sum(n for op, n in calls.items() if op.startswith("dynamodb.") and op.split(".")[1] in ("GetItem", "Query"))
+    per_million = (
+        PRICES["http_api_per_million"]
+        + PRICES["lambda_request_per_million"]
+        + 1_000_000 * LAMBDA_MEMORY_GB * LAMBDA_WARM_MS / 1000 * PRICES["lambda_arm64_gb_second"]
+        + signs * PRICES["kms_rsa_2048_sign_per_10k"] * 100
+        + writes * PRICES["dynamodb_write_per_million"]
+        + reads * PRICES["dynamodb_read_per_million"]
+    )
+    return round(per_million, 2)
+
+
+def check(results: dict[str, object]) -> list[str]:
+    failures = []
+    for key, budget in BUDGETS.items():
+        value = results.get(key)
+        if isinstance(budget, bool):
+            ok = value is budget
+        elif key.startswith("calls."):
+            ok = value is not None and value <= budget
+        else:
+            ok = value is not None and value <= budget
+        if not ok:
+            failures.append(f"{key} = {value} (budget {budget})")
+    return failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="fresh interpreters per cold-start figure")
+    parser.add_argument("--iterations", type=int, default=200, help="warm requests per CPU figure")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    import contextlib
+    import io
+
+    # The handlers' JSON logs and metrics go to stdout: keep them out of the report.
+    with contextlib.redirect_stdout(io.StringIO()):
+        warm = warm_paths(args.iterations)
+    results = {**cold_starts(args.runs), **warm}
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        budget = BUDGETS.get(key)
+        print(f"{key:<{width}}  {value}" + (f"   (budget {budget})" if budget is not None else ""))
+    print(f"\ncost assumptions: HTTP API, Lambda arm64 {int(LAMBDA_MEMORY_GB * 1024)} MB x {LAMBDA_WARM_MS} ms, "
+          "KMS RSA_2048 Sign $0.03/10k, DynamoDB on-demand writes $0.625/M, reads $0.125/M (us-east-1 list prices)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    failures = check(results)
+    for failure in failures:
+        print(f"OVER BUDGET: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
