@@ -5,13 +5,15 @@ Everything here is deterministic: clocks are plain callables and fetches are in-
 
 from __future__ import annotations
 
+import base64
 import copy
-from collections.abc import Callable
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -150,12 +152,11 @@ class CallerIssuer:
         return jwt.encode(caller_claims() if claims is None else claims, key, algorithm=alg, headers=head)
 
 
-def counting(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list[int]]:
-    """Wrap a loader so a test can count its calls."""
-    calls: list[int] = []
+def raw_rs256_token(header: dict[str, Any], claims: dict[str, Any], key: rsa.RSAPrivateKey) -> str:
+    """An RS256 JWS built by hand, for headers and claims PyJWT refuses to produce."""
+    def b64(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
-    def wrapped() -> Any:
-        calls.append(1)
-        return fn()
-
-    return wrapped, calls
+    message = f"{b64({'alg': 'RS256', **header})}.{b64(claims)}"
+    signature = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{message}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"

@@ -445,7 +445,8 @@ class StsEmulator:
             self._faults.extend(StsError(code, message, status) for _ in range(times))
 
     def start(self) -> StsEmulator:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sts-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="sts-emulator", daemon=True)
         self._thread.start()
         return self
 

@@ -62,6 +62,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return explain(token, args.target, config, keys, sys.stdout)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import time
+
+    import boto3
+
+    from oidc_broker.config import parse_lifetime
+    from oidc_broker.store import Store
+
+    table = args.table or os.environ.get("TABLE_NAME")
+    if not table:
+        print("oidc-broker audit: name the table with --table or TABLE_NAME", file=sys.stderr)
+        return 2
+    window = parse_lifetime(args.since.replace("d", "")) * 86400 if args.since.endswith("d") else parse_lifetime(args.since)
+    if window is None:
+        print("oidc-broker audit: --since takes a duration such as 7d, 12h or 30m", file=sys.stderr)
+        return 2
+    since = int(time.time()) - window
+    grants = Store(boto3.client("dynamodb"), table).grants_for(args.target, since=since, limit=args.limit)
+    if args.json:
+        print(json.dumps(grants, indent=2))
+        return 0
+    if not grants:
+        print(f"no credentials were issued for {args.target} since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(since))}")
+        return 0
+    for g in grants:
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(g["issued_at"]))
+        print(f"{when}  {g['caller_subject']}  ({g['caller_issuer']}, rule {g['trust_rule']})  -> {g['subject']}  jti {g['token_jti']}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
@@ -153,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="do not fetch the issuer's keys; judge the claims only")
     p.add_argument("--allow-loopback-http", action="store_true", help="accept http:// loopback issuers (local mode)")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("audit", help="who obtained credentials for a target, newest first")
+    p.add_argument("--target", required=True, help="<space>/<target>")
+    p.add_argument("--since", default="7d", help="how far back: 7d, 12h, 30m (default 7d)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("decode", help="print a token's header and claims (does not verify)")
     p.add_argument("token", help="the token, or - to read it from standard input")

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from .discovery import TOKEN_EXCHANGE
-from .errors import BrokerError, InvalidRequest, InvalidTarget, ServerError, UnsupportedGrantType
+from .errors import BrokerError, InvalidRequest, InvalidTarget, ServerError, Unauthorized, UnsupportedGrantType
 from .tokens import ISSUED_TOKEN_TYPE
 
 if TYPE_CHECKING:
+    from .clouds import Credentials
     from .minting import Issued
 
 MAX_BODY_BYTES = 64 * 1024
@@ -133,3 +134,66 @@ def token_response(issued: "Issued") -> dict[str, Any]:
         },
         headers={"Pragma": "no-cache"},
     )
+
+
+# -- POST /exchange/<cloud> ------------------------------------------------------------------------
+
+JSON = "application/json"
+_BEARER = "bearer "
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    subject_token: str  # the caller's CI token, from `Authorization: Bearer`
+    target: str  # <space>/<target>
+
+
+def _bearer(event: dict[str, Any]) -> str:
+    value = header(event, "authorization")
+    if not value:
+        raise Unauthorized("Authorization: Bearer <your CI OIDC token> is required", "missing_bearer")
+    if not value[: len(_BEARER)].lower() == _BEARER or not value[len(_BEARER):] or " " in value[len(_BEARER):]:
+        raise Unauthorized("Authorization must be 'Bearer <your CI OIDC token>'", "malformed_bearer")
+    return value[len(_BEARER):]
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise InvalidRequest(f"field {name!r} is repeated", "repeated_parameter")
+        document[name] = value
+    return document
+
+
+def exchange_request(event: dict[str, Any]) -> ExchangeRequest:
+    """A cloud exchange request: the bearer CI token and `{"target": "<space>/<target>"}`."""
+    token = _bearer(event)
+    content_type = (header(event, "content-type") or "").split(";")[0].strip().lower()
+    if content_type != JSON:
+        raise InvalidRequest(f"Content-Type must be {JSON}", "bad_content_type")
+    try:
+        document = json.loads(body(event).decode("utf-8"), object_pairs_hook=_no_repeats)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest('request body must be a JSON object: {"target": "<space>/<target>"}', "malformed_body") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest('request body must be a JSON object: {"target": "<space>/<target>"}', "malformed_body")
+    unknown = sorted(set(document) - {"target"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}; the body is {{\"target\": \"<space>/<target>\"}}", "unknown_field")
+    target = document.get("target")
+    if target is None:
+        raise InvalidRequest("target is required", "missing_target")
+    if not isinstance(target, str) or len(target) > 200:
+        raise InvalidTarget("target must be <space>/<target>", "malformed_target")
+    space, sep, name = target.partition("/")
+    if not sep or not space or not name or "/" in name:
+        raise InvalidTarget("target must be <space>/<target>", "malformed_target")
+    return ExchangeRequest(subject_token=token, target=target)
+
+
+def credentials_response(credentials: "Credentials") -> dict[str, Any]:
+    from .clouds import rfc3339
+
+    return json_response(200, {**credentials.fields, "expires_at": rfc3339(credentials.expires_at)},
+                         headers={"Pragma": "no-cache"})

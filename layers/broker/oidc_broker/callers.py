@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import threading
 import urllib.error
 import urllib.request
@@ -39,6 +40,8 @@ SHARED_RECHECK = 10.0
 JWKS_TTL = 600.0
 MAX_REDIRECTS = 3
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti")
+# The caller's sub travels in the minted token (act.sub), which KMS signs whole (4096 bytes).
+MAX_SUB_LENGTH = 1024
 GENERIC_SIGNATURE_FAILURE = "subject_token signature is not valid"
 
 
@@ -306,12 +309,12 @@ def check_claims(claims: dict[str, Any], issuer: TrustedIssuer, now: float) -> N
             raise InvalidGrant(f"subject_token has no {name} claim", f"missing_{name}")
     for name in ("exp", "iat", "nbf"):
         value = claims.get(name)
-        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InvalidGrant(f"subject_token {name} must be a number", f"invalid_{name}")
+        if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise InvalidGrant(f"subject_token {name} must be a finite number", f"invalid_{name}")
     if not isinstance(claims["jti"], str) or not claims["jti"] or len(claims["jti"]) > 256:
         raise InvalidGrant("subject_token jti must be a non-empty string of at most 256 characters", "invalid_jti")
-    if not isinstance(claims["sub"], str) or not claims["sub"]:
-        raise InvalidGrant("subject_token sub must be a non-empty string", "invalid_sub")
+    if not isinstance(claims["sub"], str) or not claims["sub"] or len(claims["sub"]) > MAX_SUB_LENGTH:
+        raise InvalidGrant(f"subject_token sub must be a non-empty string of at most {MAX_SUB_LENGTH} characters", "invalid_sub")
     if claims["exp"] <= now - leeway:
         raise InvalidGrant("subject_token has expired", "expired")
     if claims["iat"] > now + leeway:

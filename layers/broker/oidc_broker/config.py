@@ -216,7 +216,11 @@ def url_problem(url: object, *, allow_loopback_http: bool) -> str | None:
     """Why `url` cannot be an issuer or key set URL, or None when it can."""
     if not isinstance(url, str) or not url:
         return "must be a URL"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "must be a URL"
     if parts.scheme == "http" and allow_loopback_http and is_loopback(parts.hostname):
         pass
     elif parts.scheme == "http" and is_loopback(parts.hostname):
@@ -336,7 +340,7 @@ def _parse_trusted_issuer(p: _Problems, item: object, path: str, allow_loopback_
     known = {"name", "issuer", "jwks_uri", "preset", "leeway", "max_token_age"}
     item = p.mapping(item, path, known, {"name", "issuer"})
     name, url, jwks_uri = item.get("name"), item.get("issuer"), item.get("jwks_uri")
-    ok = p.slug(name, f"{path}.name") if "name" in item else False
+    ok = (p.slug(name, f"{path}.name") if "name" in item else False) and "issuer" in item
     if "issuer" in item and (why := url_problem(url, allow_loopback_http=allow_loopback_http)):
         p.add(f"{path}.issuer", why)
         ok = False

@@ -123,5 +123,7 @@ def register(store: Any, kms: Any, key_arn: str, now: int) -> KeyEntry:
         if entry.kid == jwk["kid"]:
             return entry
     state = NEXT if signing_entry(entries) else ACTIVE
-    store.add_key(jwk["kid"], key_arn, state, jwk, now)
+    if not store.add_key(jwk["kid"], key_arn, state, jwk, now):
+        # Registered by a concurrent call in the meantime: report what the ring holds.
+        return next(KeyEntry(**item) for item in store.key_ring() if item["kid"] == jwk["kid"])
     return KeyEntry(jwk["kid"], key_arn, state, jwk, now)

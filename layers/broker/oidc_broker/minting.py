@@ -86,7 +86,7 @@ class Broker:
         if target is None:
             raise InvalidTarget(f"audience {audience!r} is not a known <space>/<target>", "unknown_target")
         rule = callers.admit(config, caller, target)
-        values = {"space": target.space, target.kind: target.name, **callers.context_values(rule, caller)}
+        values = {"space": target.space, target.kind: target.name, **callers.context_values(rule, caller, target)}
         try:
             subj = subject.build(target.subject_keys, values, target.provider)
         except subject.SubjectError as e:

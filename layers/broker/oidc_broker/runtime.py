@@ -58,13 +58,13 @@ def load_config(source) -> config_module.Config:
         raise ServerError("the applied configuration is invalid", "invalid_config") from e
 
 
-def broker():
+def broker(source=None, kms=None):
     from .callers import HttpFetcher, IssuerKeys
     from .keys import KmsSigner
     from .minting import Broker
 
-    source = store()
-    (kms,) = _clients("kms")
+    source = source or store()
+    (kms,) = (kms,) if kms is not None else _clients("kms")
     return Broker(
         config=config_module.ConfigCache(lambda: load_config(source), time.time).get,
         caller_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time, shared=source),
@@ -72,4 +72,19 @@ def broker():
         signer=KmsSigner(kms),
         store=source,
         clock=time.time,
+    )
+
+
+def exchange_aws():
+    """The AWS exchange: the broker, the AWS exchanger and the encrypted credential cache."""
+    from .cache import CredentialCache
+    from .clouds.aws import AwsExchanger, boto3_clients
+    from .exchange import Exchange
+
+    source = store()
+    (kms,) = _clients("kms")
+    return Exchange(
+        broker=broker(source, kms),
+        exchanger=AwsExchanger(boto3_clients(), default_region=os.environ.get("AWS_REGION")),
+        cache=CredentialCache(source, kms, os.environ["CACHE_KEY_ID"], time.time),
     )

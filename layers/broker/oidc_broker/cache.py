@@ -1,0 +1,227 @@
+"""The encrypted credential cache: a target's cloud credentials, kept in the broker's table.
+
+Owns envelope encryption (one KMS data key per entry, AES-256-GCM; the target and subject are the
+KMS encryption context and, with the entry's times, the associated data, so an entry cannot be
+moved to another target or have its expiry stretched), the refresh rule (served while enough of
+the credentials' lifetime remains) and single flight (concurrent misses make one exchange: a lock
+per entry in the process plus a lease item in DynamoDB for other containers).
+
+Entries are keyed by target *and* subject: a cloud authorizes the subject, so credentials obtained
+for one subject are never served to a caller whose subject differs. An entry also carries a
+fingerprint of the target's settings, so an edited target never serves credentials of the old one.
+It never stores or logs a plaintext secret, and decides nothing about callers: every caller is
+authorized before the cache is asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .clouds import Credentials
+from .config import Target
+from .errors import Throttled
+
+PURPOSE = "oidc-broker credential cache"
+LEASE = 15  # seconds a filler may hold the lease before another request may take over
+WAIT = 5.0  # how long a concurrent miss waits for the fill before answering 503
+POLL = 0.1
+DATA_KEYS_KEPT = 32
+KMS_RETRY_AFTER = 2
+
+
+class CacheUnavailable(Throttled):
+    """The cache's KMS key cannot be used right now; nothing was stored or served."""
+
+
+@dataclass(frozen=True)
+class Served:
+    credentials: Credentials
+    source: str  # jti of the broker token whose exchange obtained these credentials
+    from_cache: bool
+    not_stored: str | None = None  # why fresh credentials could not be cached (they are still served)
+
+
+Fill = Callable[[], tuple[Credentials, str]]
+
+
+def fingerprint(target: Target) -> str:
+    """What the credentials depend on besides the subject: provider, kind, audience and settings."""
+    material = {"provider": target.provider, "kind": target.kind, "audience": target.audience,
+                "settings": dict(target.settings)}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def refresh_time(issued_at: int, expires_at: int, refresh_at: float) -> float:
+    """When an entry stops being served: `refresh_at` of the way through its lifetime."""
+    return issued_at + refresh_at * (expires_at - issued_at)
+
+
+class CredentialCache:
+    def __init__(self, store: Any, kms: Any, key_id: str, clock: Callable[[], float], *,
+                 lease: int = LEASE, wait: float = WAIT, poll: float = POLL,
+                 sleep: Callable[[float], None] = time.sleep, owner: str | None = None):
+        self._store = store
+        self._kms = kms
+        self._key_id = key_id
+        self._clock = clock
+        self._lease = lease
+        self._wait = wait
+        self._poll = poll
+        self._sleep = sleep
+        self._owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._data_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._data_keys_guard = threading.Lock()
+
+    def get(self, target: Target, subject: str, fill: Fill) -> Served:
+        """The cached credentials for (target, subject) while fresh, else those `fill` obtains (once)."""
+        refresh_at = float(target.setting("refresh_at") or 0.0)
+        if refresh_at <= 0:
+            credentials, source = fill()
+            return Served(credentials, source, from_cache=False)
+
+        hit = self._fresh(target, subject, refresh_at)
+        if hit:
+            return hit
+        with self._lock(target.ref, subject):
+            # Another thread of this process may have filled it while we waited for the lock.
+            hit = self._fresh(target, subject, refresh_at)
+            if hit:
+                return hit
+            deadline = self._clock() + self._wait
+            while not self._store.lock_credentials_fill(target.ref, subject, self._owner, int(self._clock()),
+                                                        int(self._clock()) + self._lease):
+                if self._clock() >= deadline:
+                    raise Throttled(f"another request is obtaining credentials for target {target.ref!r}; "
+                                    "try again shortly", "fill_in_progress", 1)
+                self._sleep(self._poll)
+                hit = self._fresh(target, subject, refresh_at)
+                if hit:
+                    return hit
+            try:
+                hit = self._fresh(target, subject, refresh_at)  # filled just before we took the lease
+                if hit:
+                    return hit
+                # The data key first: if KMS is unavailable, fail before anything is minted or exchanged.
+                data_key = self._new_data_key(target, subject)
+                credentials, source = fill()
+                not_stored = None
+                if refresh_time(credentials.issued_at, credentials.expires_at, refresh_at) <= self._clock():
+                    not_stored = "too little lifetime left to cache"
+                else:
+                    try:
+                        self._put(target, subject, credentials, source, data_key)
+                    except Exception as e:  # the cache only saves exchanges: still serve what we obtained
+                        not_stored = f"the cache could not be written ({_code(e) or type(e).__name__})"
+                return Served(credentials, source, from_cache=False, not_stored=not_stored)
+            finally:
+                self._store.unlock_credentials_fill(target.ref, subject, self._owner)
+
+    # -- reading -------------------------------------------------------------------------------
+    def _fresh(self, target: Target, subject: str, refresh_at: float) -> Served | None:
+        item = self._store.cached_credentials(target.ref, subject)
+        if not item or item.get("fingerprint") != fingerprint(target):
+            return None
+        issued_at, expires_at = int(item["issued_at"]), int(item["expires_at"])
+        if self._clock() >= min(refresh_time(issued_at, expires_at, refresh_at), expires_at):
+            return None
+        fields = self._open(target, subject, item)
+        if fields is None:
+            return None
+        return Served(Credentials(fields, issued_at, expires_at), item["source"], from_cache=True)
+
+    def _open(self, target: Target, subject: str, item: dict[str, Any]) -> dict[str, str] | None:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = self._data_key(target, subject, item["data_key"])
+        if key is None:
+            return None
+        try:
+            plaintext = AESGCM(key).decrypt(item["nonce"], item["ciphertext"], _aad(target, subject, item))
+        except InvalidTag:
+            return None  # altered or moved: treat as a miss, the next fill overwrites it
+        return json.loads(plaintext)
+
+    def _data_key(self, target: Target, subject: str, blob: bytes) -> bytes | None:
+        with self._data_keys_guard:
+            if blob in self._data_keys:
+                self._data_keys.move_to_end(blob)
+                return self._data_keys[blob]
+        try:
+            key = self._kms.decrypt(CiphertextBlob=blob, KeyId=self._key_id,
+                                    EncryptionContext=_context(target, subject))["Plaintext"]
+        except Exception as e:
+            if _code(e) in ("InvalidCiphertextException", "IncorrectKeyException"):
+                return None
+            raise _unavailable(e) from None
+        self._remember(blob, key)
+        return key
+
+    # -- writing -------------------------------------------------------------------------------
+    def _new_data_key(self, target: Target, subject: str) -> tuple[bytes, bytes]:
+        try:
+            response = self._kms.generate_data_key(KeyId=self._key_id, KeySpec="AES_256",
+                                                   EncryptionContext=_context(target, subject))
+        except Exception as e:
+            raise _unavailable(e) from None
+        return response["Plaintext"], response["CiphertextBlob"]
+
+    def _put(self, target: Target, subject: str, credentials: Credentials, source: str,
+             data_key: tuple[bytes, bytes]) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key, blob = data_key
+        item: dict[str, Any] = {
+            "fingerprint": fingerprint(target),
+            "issued_at": int(credentials.issued_at),
+            "expires_at": int(credentials.expires_at),
+            "source": source,
+            "data_key": blob,
+            "nonce": os.urandom(12),
+            "ttl": int(credentials.expires_at),
+        }
+        plaintext = json.dumps(dict(credentials.fields)).encode()  # the order the caller sees
+        item["ciphertext"] = AESGCM(key).encrypt(item["nonce"], plaintext, _aad(target, subject, item))
+        self._store.put_cached_credentials(target.ref, subject, item)
+        self._remember(blob, key)
+
+    def _remember(self, blob: bytes, key: bytes) -> None:
+        with self._data_keys_guard:
+            self._data_keys[blob] = key
+            while len(self._data_keys) > DATA_KEYS_KEPT:
+                self._data_keys.popitem(last=False)
+
+    def _lock(self, target: str, subject: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((target, subject), threading.Lock())
+
+
+def _context(target: Target, subject: str) -> dict[str, str]:
+    return {"purpose": PURPOSE, "target": target.ref, "subject": subject}
+
+
+def _aad(target: Target, subject: str, item: dict[str, Any]) -> bytes:
+    bound = {**_context(target, subject), **{k: item[k] for k in ("fingerprint", "issued_at", "expires_at", "source")}}
+    return json.dumps(bound, sort_keys=True).encode()
+
+
+def _code(error: Exception) -> str | None:
+    response = getattr(error, "response", None)
+    return (response.get("Error") or {}).get("Code") if isinstance(response, dict) else None
+
+
+def _unavailable(error: Exception) -> CacheUnavailable:
+    code = _code(error) or type(error).__name__
+    return CacheUnavailable(f"the credential cache's KMS key cannot be used right now ({code}); try again shortly",
+                            "cache_kms_unavailable", KMS_RETRY_AFTER)

@@ -1,0 +1,694 @@
+"""oidc_broker/callers.py: verifying CI tokens, the issuers' key cache, trust rules and context."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+from builders import (
+    BROKER,
+    CI,
+    NOW,
+    CallerIssuer,
+    Clock,
+    caller_claims,
+    config_doc,
+    public_jwk,
+    raw_rs256_token,
+    space_doc,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from oidc_broker import callers, config
+from oidc_broker.callers import IssuerKeys, VerifiedCaller
+from oidc_broker.errors import InvalidGrant, InvalidRequest
+from oidc_broker.subject import is_slug
+
+DISCOVERY = CI + "/.well-known/openid-configuration"
+JWKS = CI + "/jwks"
+
+
+@pytest.fixture
+def cfg() -> config.Config:
+    return config.parse(config_doc())
+
+
+@pytest.fixture
+def issuer_keys(ci, clock) -> IssuerKeys:
+    return IssuerKeys(ci.fetch, clock)
+
+
+def refusal(token, cfg, keys, now=NOW) -> InvalidGrant:
+    with pytest.raises(InvalidGrant) as info:
+        callers.verify(token, cfg, keys, now)
+    return info.value
+
+
+# -- verify: accepted tokens --------------------------------------------------------------------
+
+def test_verify_accepts_an_rs256_token_from_a_trusted_issuer(ci, cfg, issuer_keys):
+    caller = callers.verify(ci.token(), cfg, issuer_keys, NOW)
+    assert caller.issuer is cfg.trusted_issuers["ci"]
+    assert caller.claims == caller_claims()
+    assert (caller.subject, caller.jti) == ("repo:acme/app:ref:refs/heads/main", "caller-jti-1")
+
+
+def test_verify_accepts_an_es256_token_from_a_trusted_issuer(ci, cfg, issuer_keys):
+    caller = callers.verify(ci.token(alg="ES256", kid="ec-1"), cfg, issuer_keys, NOW)
+    assert caller.claims == caller_claims()
+
+
+def test_verify_leaves_the_audience_to_the_trust_rules(ci, cfg, issuer_keys):
+    caller = callers.verify(ci.token(caller_claims(aud="somebody-else")), cfg, issuer_keys, NOW)
+    assert caller.claims["aud"] == "somebody-else"
+
+
+def test_verify_accepts_a_token_with_no_nbf(ci, cfg, issuer_keys):
+    assert "nbf" not in callers.verify(ci.token(caller_claims(nbf=None)), cfg, issuer_keys, NOW).claims
+
+
+# -- verify: algorithms and keys ----------------------------------------------------------------
+
+def test_verify_refuses_alg_none(ci, cfg, issuer_keys):
+    token = jwt.encode(caller_claims(), None, algorithm="none", headers={"kid": "rsa-1"})
+    assert refusal(token, cfg, issuer_keys).reason == "bad_algorithm"
+
+
+def test_verify_refuses_hs256(ci, cfg, issuer_keys):
+    token = jwt.encode(caller_claims(), b"a shared secret of thirty-two bytes!", algorithm="HS256", headers={"kid": "rsa-1"})
+    assert refusal(token, cfg, issuer_keys).reason == "bad_algorithm"
+
+
+@pytest.mark.parametrize("alg", ["RS384", "RS512", "PS256", "ES384"])
+def test_verify_refuses_algorithms_outside_rs256_and_es256(ci, cfg, issuer_keys, alg, other_rsa_key):
+    key = other_rsa_key if alg.startswith(("RS", "PS")) else None
+    if key is None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        key = ec.generate_private_key(ec.SECP384R1())
+    assert refusal(ci.token(alg=alg, key=key), cfg, issuer_keys).reason == "bad_algorithm"
+
+
+def test_verify_refuses_an_es256_header_on_an_rsa_key(ci, cfg, issuer_keys):
+    token = ci.token(alg="ES256", kid="rsa-1")
+    assert refusal(token, cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_refuses_an_rs256_header_on_an_ec_key(ci, cfg, issuer_keys):
+    token = ci.token(alg="RS256", kid="ec-1")
+    assert refusal(token, cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_refuses_a_key_published_for_another_alg(ci, cfg, clock):
+    ci.keys = [public_jwk(ci.rsa_key, "rsa-1", alg="RS512")]
+    assert refusal(ci.token(), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+def test_verify_refuses_a_key_published_for_encryption(ci, cfg, clock):
+    ci.keys = [public_jwk(ci.rsa_key, "rsa-1", use="enc")]
+    assert refusal(ci.token(), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+def test_verify_refuses_an_ec_key_on_another_curve(ci, cfg, clock):
+    ci.keys = [{**public_jwk(ci.ec_key, "ec-1"), "crv": "P-384"}]
+    assert refusal(ci.token(alg="ES256", kid="ec-1"), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+def test_verify_refuses_a_signature_by_another_key(ci, cfg, issuer_keys, other_rsa_key):
+    assert refusal(ci.token(key=other_rsa_key), cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_refuses_a_tampered_payload(ci, cfg, issuer_keys):
+    head, _, signature = ci.token().split(".")
+    _, forged, _ = ci.token(caller_claims(repository="evil/app"), key=ci.ec_key, alg="ES256").split(".")
+    assert refusal(f"{head}.{forged}.{signature}", cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_refuses_a_token_without_kid(ci, cfg, issuer_keys):
+    assert refusal(ci.token(kid=None), cfg, issuer_keys).reason == "missing_kid"
+
+
+def test_verify_refuses_an_empty_kid(ci, cfg, issuer_keys):
+    assert refusal(ci.token(kid=""), cfg, issuer_keys).reason == "missing_kid"
+
+
+def test_verify_refuses_a_non_string_kid(ci, cfg, issuer_keys):
+    token = raw_rs256_token({"kid": 7}, caller_claims(), ci.rsa_key)
+    assert refusal(token, cfg, issuer_keys).reason == "missing_kid"
+
+
+def test_verify_refuses_an_unknown_kid(ci, cfg, issuer_keys):
+    assert refusal(ci.token(kid="made-up"), cfg, issuer_keys).reason == "unknown_kid"
+
+
+def test_verify_refuses_a_critical_header_parameter_pyjwt_understands(ci, cfg, issuer_keys):
+    token = raw_rs256_token({"kid": "rsa-1", "b64": True, "crit": ["b64"]}, caller_claims(), ci.rsa_key)
+    assert refusal(token, cfg, issuer_keys).reason == "unknown_crit"
+
+
+def test_verify_refuses_any_critical_header_parameter(ci, cfg, issuer_keys):
+    token = raw_rs256_token({"kid": "rsa-1", "crit": ["exp"], "exp": 1}, caller_claims(), ci.rsa_key)
+    assert refusal(token, cfg, issuer_keys).reason == "unknown_crit"
+
+
+# -- verify: issuers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "iss",
+    [
+        "https://gitlab.example.com",
+        CI + "/",  # trailing slash
+        "https://ci.example",  # a prefix of the trusted issuer
+        CI + ".evil.example",  # the trusted issuer as a prefix
+        CI + "/org",
+        "HTTPS://CI.EXAMPLE.COM",
+        None,
+    ],
+)
+def test_verify_refuses_an_issuer_that_is_not_trusted_byte_for_byte(ci, cfg, issuer_keys, iss):
+    assert refusal(ci.token(caller_claims(iss=iss)), cfg, issuer_keys).reason == "untrusted_issuer"
+
+
+@pytest.mark.parametrize("iss", [123, [CI], {"iss": CI}])
+def test_verify_refuses_an_issuer_that_is_not_a_string(ci, cfg, issuer_keys, iss):
+    token = raw_rs256_token({"kid": "rsa-1"}, caller_claims(iss=iss), ci.rsa_key)
+    assert refusal(token, cfg, issuer_keys).reason == "untrusted_issuer"
+
+
+def test_verify_never_fetches_keys_for_an_untrusted_issuer(ci, cfg, issuer_keys):
+    refusal(ci.token(caller_claims(iss="https://attacker.example")), cfg, issuer_keys)
+    assert ci.fetched == []
+
+
+def test_verify_refuses_a_trusted_issuers_token_signed_by_another_trusted_issuers_key(ci, clock, other_rsa_key):
+    gitlab = CallerIssuer(rsa_key=other_rsa_key, ec_key=ci.ec_key, issuer="https://gitlab.example.com")
+    gitlab.keys = [public_jwk(other_rsa_key, "gl-1")]
+    cfg = config.parse(config_doc(trusted_issuers=[{"name": "ci", "issuer": CI}, {"name": "gl", "issuer": gitlab.issuer}]))
+    fetch = lambda url: (gitlab if url.startswith(gitlab.issuer) else ci).fetch(url)  # noqa: E731
+    token = ci.token(caller_claims(), kid="gl-1", key=other_rsa_key)  # claims iss=ci, key of gitlab
+    assert refusal(token, cfg, IssuerKeys(fetch, clock)).reason == "unknown_kid"
+
+
+# -- verify: token shape and claims -------------------------------------------------------------
+
+def test_verify_requires_a_subject_token():
+    with pytest.raises(InvalidRequest):
+        callers.verify("", config.parse(config_doc()), IssuerKeys(lambda url: {}, Clock()), NOW)
+
+
+@pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c", "e30.e30"])
+def test_verify_refuses_a_token_that_is_not_a_jwt(cfg, issuer_keys, token):
+    assert refusal(token, cfg, issuer_keys).reason == "malformed_token"
+
+
+def test_verify_refuses_a_token_over_16_kib(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(padding="x" * 16 * 1024))
+    assert refusal(token, cfg, issuer_keys).reason == "token_too_large"
+
+
+@pytest.mark.parametrize("claim", ["sub", "aud", "exp", "iat", "jti"])
+def test_verify_refuses_a_token_missing_a_required_claim(ci, cfg, issuer_keys, claim):
+    token = ci.token(caller_claims(**{claim: None}))
+    assert refusal(token, cfg, issuer_keys).reason == f"missing_{claim}"
+
+
+@pytest.mark.parametrize("claim, value", [("exp", "soon"), ("exp", True), ("iat", "now"), ("nbf", [1])])
+def test_verify_refuses_time_claims_that_are_not_numbers(ci, cfg, issuer_keys, claim, value):
+    token = ci.token(caller_claims(**{claim: value}))
+    assert refusal(token, cfg, issuer_keys).reason == f"invalid_{claim}"
+
+
+@pytest.mark.parametrize("jti", ["", "j" * 257])
+def test_verify_refuses_an_empty_or_overlong_jti(ci, cfg, issuer_keys, jti):
+    assert refusal(ci.token(caller_claims(jti=jti)), cfg, issuer_keys).reason == "invalid_jti"
+
+
+def test_verify_refuses_an_empty_sub(ci, cfg, issuer_keys):
+    assert refusal(ci.token(caller_claims(sub="")), cfg, issuer_keys).reason == "invalid_sub"
+
+
+@pytest.mark.parametrize("claim, reason", [("sub", "invalid_sub"), ("jti", "invalid_jti")])
+def test_verify_reports_a_non_string_sub_or_jti_as_such(ci, cfg, issuer_keys, claim, reason):
+    assert refusal(ci.token(caller_claims(**{claim: 12345})), cfg, issuer_keys).reason == reason
+
+
+# -- verify: time -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exp", [NOW - 60, NOW - 61, NOW - 3600])
+def test_verify_refuses_a_token_expired_at_or_past_the_leeway(ci, cfg, issuer_keys, exp):
+    token = ci.token(caller_claims(exp=exp, iat=exp - 300, nbf=exp - 300))
+    assert refusal(token, cfg, issuer_keys).reason == "expired"
+
+
+def test_verify_accepts_a_token_expired_within_the_leeway(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(exp=NOW - 59, iat=NOW - 300, nbf=NOW - 300))
+    assert callers.verify(token, cfg, issuer_keys, NOW).claims["exp"] == NOW - 59
+
+
+@pytest.mark.parametrize("nbf", [NOW + 61, NOW + 3600])
+def test_verify_refuses_a_token_not_valid_yet(ci, cfg, issuer_keys, nbf):
+    assert refusal(ci.token(caller_claims(nbf=nbf)), cfg, issuer_keys).reason == "not_yet_valid"
+
+
+def test_verify_accepts_a_not_before_within_the_leeway(ci, cfg, issuer_keys):
+    assert callers.verify(ci.token(caller_claims(nbf=NOW + 60)), cfg, issuer_keys, NOW)
+
+
+def test_verify_refuses_a_token_issued_in_the_future(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(iat=NOW + 61, nbf=NOW))
+    assert refusal(token, cfg, issuer_keys).reason == "issued_in_future"
+
+
+def test_verify_refuses_a_future_iat_when_nbf_is_absent(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(iat=NOW + 61, nbf=None))
+    assert refusal(token, cfg, issuer_keys).reason == "issued_in_future"
+
+
+def test_verify_accepts_an_iat_within_the_leeway(ci, cfg, issuer_keys):
+    assert callers.verify(ci.token(caller_claims(iat=NOW + 60, nbf=None)), cfg, issuer_keys, NOW)
+
+
+def issuer_config(**settings) -> config.Config:
+    return config.parse(config_doc(trusted_issuers=[{"name": "ci", "issuer": CI, **settings}]))
+
+
+def test_verify_uses_the_issuers_leeway(ci, issuer_keys):
+    token = ci.token(caller_claims(exp=NOW - 5))
+    assert refusal(token, issuer_config(leeway=0), issuer_keys).reason == "expired"
+    assert callers.verify(ci.token(caller_claims(exp=NOW - 299)), issuer_config(leeway="5m"), issuer_keys, NOW)
+
+
+@pytest.mark.parametrize("age", [3600 + 61, 86400])
+def test_verify_refuses_a_token_older_than_the_issuers_max_age(ci, cfg, issuer_keys, age):
+    token = ci.token(caller_claims(iat=NOW - age, nbf=NOW - age, exp=NOW + 60))
+    assert refusal(token, cfg, issuer_keys).reason == "too_old"
+
+
+def test_verify_accepts_a_token_at_the_max_age_plus_leeway(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(iat=NOW - 3660, nbf=None, exp=NOW + 60))
+    assert callers.verify(token, cfg, issuer_keys, NOW)
+
+
+def test_verify_uses_the_issuers_max_token_age(ci, issuer_keys):
+    token = ci.token(caller_claims(iat=NOW - 200, nbf=None))
+    assert refusal(token, issuer_config(max_token_age=120), issuer_keys).reason == "too_old"
+
+
+# JSON allows NaN and Infinity, and every comparison with NaN is false: a NaN exp would never expire.
+@pytest.mark.parametrize("claim, value", [("exp", float("nan")), ("exp", float("inf")), ("iat", float("nan")),
+                                          ("nbf", float("nan"))])
+def test_verify_refuses_a_non_finite_time_claim(ci, cfg, issuer_keys, claim, value):
+    assert refusal(ci.token(caller_claims(**{claim: value})), cfg, issuer_keys).reason == f"invalid_{claim}"
+
+
+def test_verify_refuses_a_token_with_nan_exp_and_iat_a_year_later(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(exp=float("nan"), iat=float("nan"), nbf=None))
+    assert refusal(token, cfg, issuer_keys, now=NOW + 365 * 86400).reason == "invalid_exp"
+
+
+# -- IssuerKeys ---------------------------------------------------------------------------------
+
+def test_issuer_keys_fetches_discovery_then_the_key_set(ci, cfg, issuer_keys):
+    assert issuer_keys.key(cfg.trusted_issuers["ci"], "rsa-1") == public_jwk(ci.rsa_key, "rsa-1")
+    assert ci.fetched == [DISCOVERY, JWKS]
+
+
+def test_issuer_keys_uses_a_configured_jwks_uri_without_discovery(ci, clock):
+    trusted = config.TrustedIssuer(name="ci", issuer=CI, jwks_uri=JWKS)
+    assert IssuerKeys(ci.fetch, clock).key(trusted, "ec-1")["kid"] == "ec-1"
+    assert ci.fetched == [JWKS]
+
+
+def test_issuer_keys_serves_a_known_kid_from_cache(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.JWKS_TTL - 1)
+    issuer_keys.key(trusted, "ec-1")
+    assert ci.fetched == [DISCOVERY, JWKS]
+
+
+def test_issuer_keys_refetches_a_known_kid_after_the_ttl(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.JWKS_TTL)
+    ci.keys = [public_jwk(ci.ec_key, "ec-1")]  # the issuer dropped rsa-1
+    assert issuer_keys.key(trusted, "rsa-1") is None
+    assert len(ci.fetched) == 4
+
+
+def test_issuer_keys_refetches_for_an_unknown_kid_at_most_once_per_cooldown(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.REFRESH_COOLDOWN)
+    for _ in range(5):
+        assert issuer_keys.key(trusted, "made-up") is None
+        clock.advance(callers.REFRESH_COOLDOWN / 10)
+    assert ci.fetched == [DISCOVERY, JWKS] * 2
+
+
+def test_issuer_keys_refetches_again_once_the_cooldown_has_passed(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(1)
+    assert issuer_keys.key(trusted, "rotated") is None  # within the cooldown of the first fetch
+    ci.keys.append(public_jwk(ci.rsa_key, "rotated"))
+    clock.advance(callers.REFRESH_COOLDOWN)
+    assert issuer_keys.key(trusted, "rotated")["kid"] == "rotated"
+
+
+def test_issuer_keys_cooldown_is_per_issuer(ci, clock, other_rsa_key):
+    gitlab = CallerIssuer(rsa_key=other_rsa_key, ec_key=ci.ec_key, issuer="https://gitlab.example.com")
+    fetch = lambda url: (gitlab if url.startswith(gitlab.issuer) else ci).fetch(url)  # noqa: E731
+    keys = IssuerKeys(fetch, clock)
+    keys.key(config.TrustedIssuer("ci", CI), "made-up")
+    assert keys.key(config.TrustedIssuer("gl", gitlab.issuer), "rsa-1") is not None
+
+
+def test_issuer_keys_keeps_the_last_good_set_when_a_fetch_fails(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.JWKS_TTL)
+    ci.failing = True
+    assert issuer_keys.key(trusted, "rsa-1")["kid"] == "rsa-1"
+    assert len(ci.fetched) == 3  # it did try
+
+
+@pytest.mark.parametrize("published", [[], [{"kty": "RSA", "n": "x", "e": "AQAB"}], [{"kid": 5}], ["rsa-1"]])
+def test_issuer_keys_never_replaces_the_last_good_set_with_an_empty_one(ci, cfg, issuer_keys, clock, published):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.JWKS_TTL)
+    ci.keys = published
+    assert issuer_keys.key(trusted, "rsa-1")["kid"] == "rsa-1"
+
+
+def test_issuer_keys_does_not_cache_an_empty_first_set(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    good, ci.keys = ci.keys, []
+    assert issuer_keys.key(trusted, "rsa-1") is None
+    ci.keys = good
+    clock.advance(callers.REFRESH_COOLDOWN)
+    assert issuer_keys.key(trusted, "rsa-1")["kid"] == "rsa-1"
+
+
+@pytest.mark.parametrize("named", [CI + "/", "https://attacker.example", "HTTPS://CI.EXAMPLE.COM"])
+def test_issuer_keys_refuses_discovery_naming_another_issuer(ci, cfg, issuer_keys, named):
+    ci.discovery_issuer = named
+    assert issuer_keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+    assert ci.fetched == [DISCOVERY]
+
+
+def test_issuer_keys_refuses_discovery_without_jwks_uri(cfg, clock):
+    keys = IssuerKeys(lambda url: {"issuer": CI}, clock)
+    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+
+
+def test_issuer_keys_refuses_a_key_set_without_keys(cfg, clock):
+    keys = IssuerKeys(lambda url: {"issuer": CI, "jwks_uri": JWKS} if url == DISCOVERY else {"kys": []}, clock)
+    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+
+
+@pytest.mark.parametrize("bad", [
+    {"kty": "oct", "k": "c2VjcmV0"},  # a symmetric key is never a caller's key
+    {"d": "private-exponent"},  # a private key published by mistake
+])
+def test_issuer_keys_ignores_unusable_keys(ci, cfg, clock, bad):
+    ci.keys = [{**public_jwk(ci.rsa_key, "rsa-1"), **bad}, public_jwk(ci.ec_key, "ec-1")]
+    keys = IssuerKeys(ci.fetch, clock)
+    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+    assert keys.key(cfg.trusted_issuers["ci"], "ec-1") is not None
+
+
+def test_issuer_keys_reads_at_most_max_keys_keys(ci, cfg, clock):
+    ci.keys = [public_jwk(ci.ec_key, f"k{i}") for i in range(callers.MAX_KEYS + 1)]
+    keys = IssuerKeys(ci.fetch, clock)
+    assert keys.key(cfg.trusted_issuers["ci"], f"k{callers.MAX_KEYS - 1}") is not None
+    assert keys.key(cfg.trusted_issuers["ci"], f"k{callers.MAX_KEYS}") is None
+
+
+class SharedSets:
+    """The table's copy of issuer key sets, as other containers left it."""
+
+    def __init__(self, failing: bool = False):
+        self.items: dict[str, tuple[float, list[dict]]] = {}
+        self.reads = 0
+        self.failing = failing
+
+    def get_issuer_keys(self, issuer):
+        self.reads += 1
+        if self.failing:
+            raise RuntimeError("table unavailable")
+        return self.items.get(issuer)
+
+    def put_issuer_keys(self, issuer, keys, fetched_at):
+        if self.failing:
+            raise RuntimeError("table unavailable")
+        self.items[issuer] = (fetched_at, keys)
+
+
+def test_a_fetched_key_set_is_shared(ci, cfg, clock):
+    shared = SharedSets()
+    IssuerKeys(ci.fetch, clock, shared=shared).key(cfg.trusted_issuers["ci"], "rsa-1")
+    assert shared.items[CI] == (NOW, ci.keys)
+
+
+def test_a_shared_key_set_saves_the_fetch(ci, cfg, clock):
+    shared = SharedSets()
+    shared.items[CI] = (NOW - 10, ci.keys)
+    keys = IssuerKeys(ci.fetch, clock, shared=shared)
+    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1")["kid"] == "rsa-1"
+    assert (ci.fetched, keys.fetches) == ([], 0)
+
+
+def test_the_refresh_cooldown_counts_another_containers_fetch(ci, cfg, clock):
+    shared = SharedSets()
+    shared.items[CI] = (NOW - 10, ci.keys)
+    assert IssuerKeys(ci.fetch, clock, shared=shared).key(cfg.trusted_issuers["ci"], "made-up") is None
+    assert ci.fetched == []
+
+
+def test_a_stale_shared_key_set_is_refetched(ci, cfg, clock):
+    shared = SharedSets()
+    shared.items[CI] = (NOW - callers.JWKS_TTL, [public_jwk(ci.rsa_key, "rsa-1")])
+    keys = IssuerKeys(ci.fetch, clock, shared=shared)
+    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1")["kid"] == "rsa-1"
+    assert keys.fetches == 1 and shared.items[CI][0] == NOW
+
+
+def test_made_up_kids_read_the_shared_copy_at_most_once_per_recheck(ci, cfg, clock):
+    shared = SharedSets()
+    keys = IssuerKeys(ci.fetch, clock, shared=shared)
+    for _ in range(5):
+        keys.key(cfg.trusted_issuers["ci"], "made-up")
+        clock.advance(1)
+    assert shared.reads == 1
+
+
+def test_an_unavailable_shared_copy_falls_back_to_the_issuer(ci, cfg, clock):
+    keys = IssuerKeys(ci.fetch, clock, shared=SharedSets(failing=True))
+    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1")["kid"] == "rsa-1"
+
+
+def test_an_empty_key_set_is_never_shared(ci, cfg, clock):
+    shared = SharedSets()
+    ci.keys = []
+    IssuerKeys(ci.fetch, clock, shared=shared).key(cfg.trusted_issuers["ci"], "rsa-1")
+    assert shared.items == {}
+
+
+def test_verify_refuses_a_token_whose_issuers_discovery_names_another_issuer(ci, cfg, issuer_keys):
+    ci.discovery_issuer = CI + "/"
+    assert refusal(ci.token(), cfg, issuer_keys).reason == "unknown_kid"
+
+
+# -- trust rules --------------------------------------------------------------------------------
+
+def rules_config(*rules: dict, issuers: tuple[str, ...] = ("ci",)) -> config.Config:
+    doc = config_doc(trusted_issuers=[{"name": n, "issuer": f"https://{n}.example.com"} for n in issuers])
+    space_doc(doc)["trust"] = list(rules)
+    return config.parse(doc)
+
+
+def rule(name="r", claims=None, targets=("images",), **extra) -> dict:
+    return {"name": name, "issuer": "ci", "claims": claims or {"repository": "acme/app"}, "targets": list(targets), **extra}
+
+
+def verified(cfg: config.Config, issuer: str = "ci", **claims) -> VerifiedCaller:
+    return VerifiedCaller(issuer=cfg.trusted_issuers[issuer], claims=caller_claims(**claims))
+
+
+def report(cfg: config.Config, caller: VerifiedCaller, target: str = "acme/images", index: int = 0) -> callers.RuleReport:
+    return callers.evaluate(cfg.spaces["acme"].trust[index], caller.issuer, caller.claims, cfg.target(target))
+
+
+def failure(cfg: config.Config, caller: VerifiedCaller, target: str = "acme/images") -> str | None:
+    failed = report(cfg, caller, target).first_failure()
+    return failed.name if failed else None
+
+
+def admit_refusal(cfg: config.Config, caller: VerifiedCaller, target: str = "acme/images") -> InvalidGrant:
+    with pytest.raises(InvalidGrant) as info:
+        callers.admit(cfg, caller, cfg.target(target))
+    return info.value
+
+
+def test_a_rule_admits_a_caller_whose_claims_and_audience_match():
+    cfg = rules_config(rule())
+    assert report(cfg, verified(cfg)).admits
+
+
+@pytest.mark.parametrize(
+    "expected, actual",
+    [(123, "123"), ("123", 123), (True, 1), (1, True), (False, 0), (True, "true"), (1, 1.0), ("a", ["a"])],
+)
+def test_a_rule_compares_claims_with_strict_types(expected, actual):
+    cfg = rules_config(rule(claims={"repository_id": expected}))
+    assert failure(cfg, verified(cfg, repository_id=actual)) == "claim repository_id"
+
+
+@pytest.mark.parametrize("value", [123, True, False, "acme/app"])
+def test_a_rule_admits_a_claim_of_the_same_type_and_value(value):
+    cfg = rules_config(rule(claims={"repository_id": value}))
+    assert report(cfg, verified(cfg, repository_id=value)).admits
+
+
+@pytest.mark.parametrize("actual", [None, ""])
+def test_a_rule_refuses_a_caller_missing_a_claim(actual):
+    cfg = rules_config(rule(claims={"environment": "production", "repository": "acme/app"}))
+    assert failure(cfg, verified(cfg, environment=actual)) == "claim environment"
+
+
+def test_claim_comparison_is_case_sensitive_for_a_generic_issuer():
+    cfg = rules_config(rule())
+    assert failure(cfg, verified(cfg, repository="Acme/App")) == "claim repository"
+
+
+def test_every_claim_condition_must_hold():
+    cfg = rules_config(rule(claims={"repository": "acme/app", "ref": "refs/heads/main"}))
+    assert failure(cfg, verified(cfg, ref="refs/heads/dev")) == "claim ref"
+
+
+def test_a_rule_admits_an_aud_list_containing_its_audience():
+    cfg = rules_config(rule())
+    assert report(cfg, verified(cfg, aud=["https://other.example.com", BROKER])).admits
+
+
+@pytest.mark.parametrize("aud", [["https://other.example.com"], [], BROKER + "/", [BROKER, 5], {"aud": BROKER}, None])
+def test_a_rule_refuses_an_aud_without_its_audience(aud):
+    cfg = rules_config(rule())
+    assert failure(cfg, verified(cfg, aud=aud)) == "aud"
+
+
+def test_a_rule_with_its_own_audience_refuses_the_brokers_issuer():
+    cfg = rules_config(rule(audience="oidc-broker"))
+    assert failure(cfg, verified(cfg, aud=BROKER)) == "aud"
+
+
+def test_a_rule_refuses_a_target_it_does_not_list():
+    cfg = rules_config(rule())
+    assert failure(cfg, verified(cfg), "acme/prod") == "target"
+
+
+def test_a_rule_refuses_a_caller_of_another_issuer():
+    cfg = rules_config(rule(), issuers=("ci", "gl"))
+    assert failure(cfg, verified(cfg, issuer="gl")) == "issuer"
+
+
+def test_admit_returns_the_first_rule_that_admits():
+    cfg = rules_config(rule("strict", claims={"repository": "other/app"}), rule("first"), rule("second"))
+    assert callers.admit(cfg, verified(cfg), cfg.target("acme/images")).name == "first"
+
+
+def test_admit_names_every_rule_that_came_close():
+    cfg = rules_config(rule("a", claims={"repository": "other/app"}), rule("b", claims={"ref": "refs/heads/dev"}))
+    refusal_ = admit_refusal(cfg, verified(cfg))
+    assert refusal_.reason == "claim_mismatch"
+    assert refusal_.description == ("trust rule 'a': claim 'repository' does not match; "
+                                    "trust rule 'b': claim 'ref' does not match")
+
+
+def test_admit_reports_a_wrong_audience_as_such():
+    cfg = rules_config(rule())
+    refusal_ = admit_refusal(cfg, verified(cfg, aud="https://other.example.com"))
+    assert (refusal_.reason, refusal_.description) == ("audience_mismatch", "trust rule 'r': aud does not match the rule's audience")
+
+
+def test_admit_refuses_when_no_rule_is_for_the_issuer_and_target():
+    cfg = rules_config(rule(targets=("prod",), context={"environment": "production"}))
+    assert admit_refusal(cfg, verified(cfg)).reason == "no_matching_rule"
+
+
+def test_admit_refuses_a_caller_of_an_issuer_no_rule_names():
+    cfg = rules_config(rule(), issuers=("ci", "gl"))
+    assert admit_refusal(cfg, verified(cfg, issuer="gl")).reason == "no_matching_rule"
+
+
+def test_admit_refusals_never_echo_claim_values():
+    cfg = rules_config(rule(claims={"repository": "acme/app"}))
+    assert "secret-looking" not in admit_refusal(cfg, verified(cfg, repository="secret-looking/value")).description
+
+
+# -- context values -----------------------------------------------------------------------------
+
+PROD = config.Target(space="acme", name="prod", kind="account", provider="aws", audience="sts.amazonaws.com",
+                     subject_keys=("space", "environment", "account"), lifetime=900)
+
+
+def context_rule(**context) -> config.TrustRule:
+    return config.TrustRule(space="acme", name="r", issuer="ci", audience=BROKER, claims={},
+                            targets=("prod",), context=context)
+
+
+def values_of(rule_: config.TrustRule, caller: VerifiedCaller, target: config.Target = PROD) -> dict[str, str]:
+    return callers.context_values(rule_, caller, target)
+
+
+def caller_with(**claims) -> VerifiedCaller:
+    return VerifiedCaller(issuer=config.TrustedIssuer("ci", CI), claims=caller_claims(**claims))
+
+
+def test_context_values_supply_a_literal():
+    rule_ = context_rule(environment=config.ContextValue(literal="production"))
+    assert values_of(rule_, caller_with(environment="staging")) == {"environment": "production"}
+
+
+def test_context_values_supply_a_claims_value():
+    rule_ = context_rule(environment=config.ContextValue(claim="deploy_env"))
+    assert values_of(rule_, caller_with(deploy_env="staging")) == {"environment": "staging"}
+
+
+def test_context_values_skip_keys_the_target_does_not_use():
+    rule_ = context_rule(environment=config.ContextValue(claim="deploy_env"), project=config.ContextValue(literal="web"))
+    images = config.Target(space="acme", name="images", kind="feed", provider="aws", audience="sts.amazonaws.com",
+                           subject_keys=("space", "feed"), lifetime=600)
+    assert values_of(rule_, caller_with(deploy_env="Not A Slug"), images) == {}
+
+
+def test_context_values_of_a_rule_without_context_are_empty():
+    assert values_of(context_rule(), caller_with()) == {}
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_context_values_refuse_a_missing_or_empty_claim(value):
+    rule_ = context_rule(environment=config.ContextValue(claim="deploy_env"))
+    with pytest.raises(InvalidGrant) as info:
+        values_of(rule_, caller_with(deploy_env=value))
+    assert info.value.reason == "missing_context"
+
+
+@pytest.mark.parametrize("value", ["Prod", "a:b", "prod ", "-prod", "x" * 64, "prod/eu", 5, True, ["prod"]])
+def test_context_values_refuse_a_claim_that_is_not_a_slug(value):
+    rule_ = context_rule(environment=config.ContextValue(claim="deploy_env"))
+    with pytest.raises(InvalidGrant) as info:
+        values_of(rule_, caller_with(deploy_env=value))
+    assert info.value.reason == "invalid_context"
+
+
+@given(st.text(min_size=1))
+def test_context_values_return_a_claim_unchanged_or_refuse_it(value):
+    rule_ = context_rule(environment=config.ContextValue(claim="deploy_env"))
+    try:
+        values = values_of(rule_, caller_with(deploy_env=value))
+    except InvalidGrant as e:
+        assert e.reason == "invalid_context" and not is_slug(value)
+    else:
+        assert values == {"environment": value} and is_slug(value)

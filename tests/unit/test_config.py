@@ -1,0 +1,553 @@
+"""oidc_broker/config.py: validating the configuration document, and the ConfigCache."""
+
+from __future__ import annotations
+
+import pytest
+from builders import BROKER, CI, Clock, config_doc, space_doc
+
+from oidc_broker import config
+from oidc_broker.config import ConfigError, ContextValue
+
+
+def problems(document, **kwargs) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        config.parse(document, "broker.yaml", **kwargs)
+    return info.value.problems
+
+
+def paths(document, **kwargs) -> list[str]:
+    return [path for path, _ in problems(document, **kwargs)]
+
+
+def target_doc(doc, name):
+    return next(t for t in space_doc(doc)["targets"] if t["name"] == name)
+
+
+def rule_doc(doc, name):
+    return next(r for r in space_doc(doc)["trust"] if r["name"] == name)
+
+
+# -- a valid document ---------------------------------------------------------------------------
+
+def test_a_valid_document_yields_a_config(doc):
+    cfg = config.parse(doc)
+    assert cfg.issuer == BROKER
+    assert cfg.trusted_issuers == {"ci": config.TrustedIssuer(name="ci", issuer=CI)}
+    assert list(cfg.spaces) == ["acme"]
+
+
+def test_target_fields_are_parsed(doc):
+    prod = config.parse(doc).target("acme/prod")
+    assert prod == config.Target(
+        space="acme",
+        name="prod",
+        kind="account",
+        provider="aws",
+        audience="sts.amazonaws.com",
+        subject_keys=("space", "environment", "account"),
+        lifetime=900,
+        settings={"role_arn": "arn:aws:iam::123456789012:role/deploy", "region": "us-east-1"},
+    )
+
+
+def test_a_target_without_subject_or_lifetime_gets_the_defaults(doc):
+    images = config.parse(doc).target("acme/images")
+    assert (images.subject_keys, images.lifetime) == (("space", "feed"), config.DEFAULT_LIFETIME)
+
+
+def test_a_rule_without_audience_expects_the_brokers_issuer(doc):
+    deploy = config.parse(doc).spaces["acme"].trust[0]
+    assert deploy.audience == BROKER
+
+
+def test_rule_fields_are_parsed(doc):
+    deploy = config.parse(doc).spaces["acme"].trust[0]
+    assert (deploy.space, deploy.name, deploy.issuer, deploy.targets) == ("acme", "deploy", "ci", ("prod",))
+    assert {claim: c.alternatives for claim, c in deploy.claims.items()} == {
+        "repository": ("acme/app",), "ref": ("refs/heads/main",)}
+    assert deploy.context == {"environment": ContextValue(claim="environment")}
+
+
+def test_a_literal_context_value_is_kept_as_a_literal(doc):
+    rule_doc(doc, "deploy")["context"] = {"environment": "production"}
+    deploy = config.parse(doc).spaces["acme"].trust[0]
+    assert deploy.context == {"environment": ContextValue(literal="production")}
+
+
+def test_a_rule_may_name_its_own_audience(doc):
+    rule_doc(doc, "pull")["audience"] = "oidc-broker"
+    assert config.parse(doc).spaces["acme"].trust[1].audience == "oidc-broker"
+
+
+def test_claim_conditions_may_be_strings_integers_booleans_or_lists_of_them(doc):
+    rule_doc(doc, "pull")["claims"] = {"repository_id": 123, "protected": True, "repository": "acme/app",
+                                       "ref": ["refs/heads/main", "refs/tags/v1"]}
+    claims = config.parse(doc).spaces["acme"].trust[1].claims
+    assert {claim: c.alternatives for claim, c in claims.items()} == {
+        "repository_id": (123,), "protected": (True,), "repository": ("acme/app",),
+        "ref": ("refs/heads/main", "refs/tags/v1")}
+
+
+def test_trusted_issuers_are_optional():
+    doc = config_doc(trusted_issuers=None)
+    del doc["trusted_issuers"]
+    space_doc(doc)["trust"] = []
+    assert config.parse(doc).trusted_issuers == {}
+
+
+def test_a_trusted_issuer_may_name_its_jwks_uri():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": CI, "jwks_uri": CI + "/keys"}])
+    assert config.parse(doc).trusted_issuers["ci"].jwks_uri == CI + "/keys"
+
+
+# -- lookups ------------------------------------------------------------------------------------
+
+def test_issuer_for_matches_byte_for_byte(doc):
+    cfg = config.parse(doc)
+    assert cfg.issuer_for(CI) is cfg.trusted_issuers["ci"]
+    assert cfg.issuer_for(CI + "/") is None
+    assert cfg.issuer_for(CI.upper()) is None
+    assert cfg.issuer_for("https://ci.example") is None
+
+
+@pytest.mark.parametrize("ref", ["acme/nope", "other/prod", "acme", "prod", "acme/prod/x", "/prod", ""])
+def test_target_returns_none_for_an_unknown_ref(doc, ref):
+    assert config.parse(doc).target(ref) is None
+
+
+def test_rules_for_lists_the_rules_naming_the_target(doc):
+    cfg = config.parse(doc)
+    assert [r.name for r in cfg.rules_for(cfg.target("acme/images"))] == ["pull"]
+
+
+# -- top level ----------------------------------------------------------------------------------
+
+def test_a_document_that_is_not_a_mapping_is_refused():
+    assert problems(["issuer"]) == [("(top)", "must be a mapping")]
+
+
+def test_issuer_and_spaces_are_required():
+    assert paths({}) == ["(top).issuer", "(top).spaces"]
+
+
+def test_an_unknown_top_level_key_is_refused():
+    assert paths(config_doc(issuers=[])) == ["(top).issuers"]
+
+
+def test_spaces_must_not_be_empty():
+    assert problems(config_doc(spaces=[])) == [("spaces", "must list at least one space")]
+
+
+def test_every_problem_is_reported_at_once(doc):
+    doc["issuer"] = "http://broker.example.com"
+    target_doc(doc, "images")["aws"] = {"region": "moon"}
+    rule_doc(doc, "pull")["issuer"] = "gitlab"
+    assert paths(doc) == ["issuer", "spaces[0].targets[1].aws.region", "spaces[0].trust[1].issuer"]
+
+
+def test_config_error_names_the_source_and_path(doc):
+    doc["issuer"] = "http://broker.example.com"
+    with pytest.raises(ConfigError, match=r"^broker\.yaml: issuer: must start with https://$"):
+        config.parse(doc, "broker.yaml")
+
+
+# -- URLs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        (None, "must be a URL"),
+        ("", "must be a URL"),
+        (42, "must be a URL"),
+        ("http://broker.example.com", "must start with https://"),
+        ("ftp://broker.example.com", "must start with https://"),
+        ("broker.example.com", "must start with https://"),
+        ("http://localhost:3000", "http:// is accepted only for loopback hosts in local mode"),
+        ("http://127.0.0.1:3000", "http:// is accepted only for loopback hosts in local mode"),
+        ("https://", "must name a host, with no user or password"),
+        ("https://user:pw@broker.example.com", "must name a host, with no user or password"),
+        ("https://broker.example.com?x=1", "must have no query or fragment"),
+        ("https://broker.example.com?", "must have no query or fragment"),
+        ("https://broker.example.com#top", "must have no query or fragment"),
+        ("https://broker.example.com/", "must not end with '/' (verifiers compare issuers byte for byte)"),
+        ("https://broker.example.com/tenant/", "must not end with '/' (verifiers compare issuers byte for byte)"),
+    ],
+)
+def test_url_problem_names_why_a_url_is_refused(url, why):
+    assert config.url_problem(url, allow_loopback_http=False) == why
+
+
+@pytest.mark.parametrize("url", ["https://broker.example.com", "https://broker.example.com/tenant", "https://broker.example.com:8443"])
+def test_url_problem_accepts_https_urls(url):
+    assert config.url_problem(url, allow_loopback_http=False) is None
+
+
+@pytest.mark.parametrize("url", ["http://localhost:3000", "http://127.0.0.1:3000/_dev/ci", "http://[::1]:3000"])
+def test_local_mode_accepts_http_on_loopback_hosts(url):
+    assert config.url_problem(url, allow_loopback_http=True) is None
+
+
+def test_local_mode_still_refuses_http_on_other_hosts():
+    assert config.url_problem("http://ci.example.com", allow_loopback_http=True) == "must start with https://"
+
+
+def test_parse_passes_local_mode_through_to_url_checks():
+    doc = config_doc(issuer="http://localhost:3000", trusted_issuers=[{"name": "ci", "issuer": "http://127.0.0.1:3000/_dev/ci"}])
+    space_doc(doc)["trust"] = []
+    assert config.parse(doc, allow_loopback_http=True).issuer == "http://localhost:3000"
+    assert paths(doc) == ["issuer", "trusted_issuers[0].issuer"]
+
+
+@pytest.mark.parametrize("host, loopback", [("localhost", True), ("127.0.0.1", True), ("127.8.8.8", True), ("::1", True),
+                                            ("10.0.0.1", False), ("example.com", False), (None, False), ("", False)])
+def test_is_loopback(host, loopback):
+    assert config.is_loopback(host) is loopback
+
+
+def test_a_malformed_ipv6_issuer_is_a_config_problem_not_a_crash():
+    assert paths(config_doc(issuer="https://[::1")) == ["issuer"]
+
+
+# -- trusted issuers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ({"issuer": CI}, ["trusted_issuers[0].name"]),
+        ({"name": "CI", "issuer": CI}, ["trusted_issuers[0].name"]),
+        ({"name": "ci", "issuer": CI + "/"}, ["trusted_issuers[0].issuer"]),
+        ({"name": "ci", "issuer": CI, "jwks_uri": "http://ci.example.com/keys"}, ["trusted_issuers[0].jwks_uri"]),
+        ({"name": "ci", "issuer": CI, "audience": "x"}, ["trusted_issuers[0].audience"]),
+        ("ci", ["trusted_issuers[0]"]),
+    ],
+)
+def test_a_bad_trusted_issuer_is_refused(entry, expected):
+    doc = config_doc(trusted_issuers=[entry])
+    space_doc(doc)["trust"] = []
+    assert paths(doc) == expected
+
+
+def test_a_trusted_issuer_without_issuer_url_is_a_config_problem_not_a_crash():
+    doc = config_doc(trusted_issuers=[{"name": "ci"}])
+    space_doc(doc)["trust"] = []
+    assert problems(doc) == [("trusted_issuers[0].issuer", "is required")]
+
+
+def test_a_trusted_issuer_gets_default_leeway_age_and_the_generic_preset(doc):
+    ci = config.parse(doc).trusted_issuers["ci"]
+    assert (ci.leeway, ci.max_token_age, ci.preset.name) == (60, 3600, "generic")
+
+
+@pytest.mark.parametrize("url, preset", [
+    ("https://token.actions.githubusercontent.com", "github"),
+    ("https://gitlab.com", "gitlab"),
+    ("https://agent.buildkite.com", "buildkite"),
+    ("https://gitlab.example.com", "generic"),
+])
+def test_a_trusted_issuers_preset_is_guessed_from_its_url(url, preset):
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": url}])
+    space_doc(doc)["trust"] = []
+    assert config.parse(doc).trusted_issuers["ci"].preset.name == preset
+
+
+def test_a_trusted_issuer_may_name_its_preset_leeway_and_token_age():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": "https://gitlab.example.com", "preset": "gitlab",
+                                       "leeway": "5m", "max_token_age": "2h"}])
+    space_doc(doc)["trust"] = []
+    ci = config.parse(doc).trusted_issuers["ci"]
+    assert (ci.preset.name, ci.leeway, ci.max_token_age) == ("gitlab", 300, 7200)
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"preset": "jenkins"}, "trusted_issuers[0].preset"),
+    ({"preset": ["github"]}, "trusted_issuers[0].preset"),
+    ({"leeway": 301}, "trusted_issuers[0].leeway"),
+    ({"leeway": -1}, "trusted_issuers[0].leeway"),
+    ({"max_token_age": 59}, "trusted_issuers[0].max_token_age"),
+    ({"max_token_age": "2d"}, "trusted_issuers[0].max_token_age"),
+])
+def test_a_bad_trusted_issuer_setting_is_refused(change, path):
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": CI, **change}])
+    space_doc(doc)["trust"] = []
+    assert paths(doc) == [path]
+
+
+def _github_doc(claims: dict) -> dict:
+    doc = config_doc(trusted_issuers=[{"name": "gh", "issuer": "https://token.actions.githubusercontent.com"}])
+    space_doc(doc)["trust"] = [{"name": "r", "issuer": "gh", "claims": claims, "targets": ["images"]}]
+    return doc
+
+
+def test_a_number_for_a_claim_github_sends_as_a_string_is_refused():
+    assert problems(_github_doc({"repository_id": 123})) == [
+        ("spaces[0].trust[0].claims.repository_id", "GitHub Actions sends repository_id as a string: quote the value")]
+
+
+def test_a_claim_the_preset_does_not_know_draws_a_warning_not_an_error():
+    cfg = config.parse(_github_doc({"repository_id": "123", "repo": "acme/app"}))
+    assert ("spaces[0].trust[0].claims.repo",
+            "GitHub Actions tokens carry no 'repo' claim; this rule can never match") in cfg.warnings
+
+
+def test_a_well_formed_rule_draws_no_warning():
+    assert config.parse(_github_doc({"repository_id": "123", "ref": "refs/heads/main"})).warnings == ()
+
+
+def test_trusted_issuers_must_be_a_list():
+    doc = config_doc(trusted_issuers={"ci": CI})
+    space_doc(doc)["trust"] = []
+    assert problems(doc) == [("trusted_issuers", "must be a list")]
+
+
+def test_a_duplicate_trusted_issuer_name_is_refused():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": CI}, {"name": "ci", "issuer": "https://other.example.com"}])
+    assert problems(doc) == [("trusted_issuers[1].name", "duplicate trusted issuer name 'ci'")]
+
+
+def test_the_same_issuer_url_under_two_names_is_refused():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": CI}, {"name": "ci2", "issuer": CI}])
+    assert problems(doc) == [("trusted_issuers[1].issuer", "this issuer URL is already listed")]
+
+
+# -- spaces -------------------------------------------------------------------------------------
+
+def test_a_duplicate_space_name_is_refused(doc):
+    doc["spaces"].append({"name": "acme"})
+    assert problems(doc) == [("spaces[1].name", "duplicate space name 'acme'")]
+
+
+@pytest.mark.parametrize("name", ["Acme", "a:b", "", 1])
+def test_a_space_name_must_be_a_slug(name):
+    assert paths(config_doc(spaces=[{"name": name}])) == ["spaces[0].name"]
+
+
+def test_a_space_needs_no_targets_or_rules():
+    assert config.parse(config_doc(spaces=[{"name": "empty"}])).spaces["empty"].targets == {}
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+def _one_target(**target) -> dict:
+    return config_doc(spaces=[{"name": "acme", "targets": [target]}])
+
+
+def _only_target(**target) -> config.Target:
+    (parsed,) = config.parse(_one_target(**target)).spaces["acme"].targets.values()
+    return parsed
+
+
+@pytest.mark.parametrize(
+    "target, path",
+    [
+        ({"kind": "feed", "provider": "aws"}, "spaces[0].targets[0].name"),
+        ({"name": "x", "provider": "aws"}, "spaces[0].targets[0].kind"),
+        ({"name": "x", "kind": "feed"}, "spaces[0].targets[0].provider"),
+        ({"name": "X", "kind": "feed", "provider": "aws"}, "spaces[0].targets[0].name"),
+        ({"name": "x", "kind": "bucket", "provider": "aws"}, "spaces[0].targets[0].kind"),
+        ({"name": "x", "kind": "feed", "provider": "oci"}, "spaces[0].targets[0].provider"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "region": "us-east-1"}, "spaces[0].targets[0].region"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "azure": {}}, "spaces[0].targets[0].azure"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "aws": {"role_arn": "arn:aws:iam::1:role/x"}},
+         "spaces[0].targets[0].aws.role_arn"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "aws": {"region": "US-EAST-1"}}, "spaces[0].targets[0].aws.region"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "aws": {"bucket": "b"}}, "spaces[0].targets[0].aws.bucket"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "aws": "role"}, "spaces[0].targets[0].aws"),
+        ({"name": "x", "kind": "feed", "provider": "azure", "azure": {"tenant_id": "not-a-uuid"}},
+         "spaces[0].targets[0].azure.tenant_id"),
+        ({"name": "x", "kind": "feed", "provider": "gcp", "gcp": {"service_account": "x@example.com"}},
+         "spaces[0].targets[0].gcp.service_account"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "audience": ""}, "spaces[0].targets[0].audience"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "audience": "a" * 513}, "spaces[0].targets[0].audience"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "subject": "space,feed"}, "spaces[0].targets[0].subject"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "subject": ["feed", "space"]}, "spaces[0].targets[0].subject"),
+        ({"name": "x", "kind": "feed", "provider": "aws", "subject": ["space", "account"]}, "spaces[0].targets[0].subject"),
+    ],
+)
+def test_a_bad_target_is_refused_at_its_path(target, path):
+    assert path in paths(_one_target(**target))
+
+
+def test_a_duplicate_target_name_is_refused(doc):
+    space_doc(doc)["targets"].append({"name": "images", "kind": "feed", "provider": "aws"})
+    assert problems(doc) == [("spaces[0].targets[2].name", "duplicate target name 'images' in space 'acme'")]
+
+
+def test_settings_for_another_cloud_are_refused():
+    assert problems(_one_target(name="x", kind="feed", provider="aws", gcp={})) == [
+        ("spaces[0].targets[0].gcp", "settings for gcp on a aws target")
+    ]
+
+
+def test_azure_targets_default_to_the_token_exchange_audience():
+    assert _only_target(name="x", kind="feed", provider="azure").audience == "api://AzureADTokenExchange"
+
+
+def test_gcp_targets_default_to_the_providers_resource_name_as_audience():
+    wip = "projects/123/locations/global/workloadIdentityPools/pipelines/providers/broker"
+    target = _only_target(name="x", kind="feed", provider="gcp", gcp={"workload_identity_provider": wip})
+    assert target.audience == "https://iam.googleapis.com/" + wip
+
+
+def test_a_gcp_target_without_provider_or_audience_is_refused():
+    assert problems(_one_target(name="x", kind="feed", provider="gcp")) == [
+        ("spaces[0].targets[0].audience", "is required for this provider")
+    ]
+
+
+def test_a_target_may_name_its_own_audience():
+    assert _only_target(name="x", kind="feed", provider="gcp", audience="my-audience").audience == "my-audience"
+
+
+def test_valid_provider_settings_are_kept():
+    azure = {"tenant_id": "11111111-2222-3333-4444-555555555555", "client_id": "66666666-7777-8888-9999-000000000000",
+             "registry": "acme.azurecr.io"}
+    assert _only_target(name="x", kind="feed", provider="azure", azure=azure).settings == azure
+
+
+@pytest.mark.parametrize("lifetime, seconds", [(60, 60), (3600, 3600), ("90s", 90), ("10m", 600), ("1h", 3600), ("600", 600)])
+def test_lifetimes_are_parsed(lifetime, seconds):
+    assert _only_target(name="x", kind="feed", provider="aws", lifetime=lifetime).lifetime == seconds
+
+
+@pytest.mark.parametrize("lifetime", [59, 3601, "2h", "0", True, 600.0, "10 m", "10d", None, -60])
+def test_a_lifetime_outside_one_minute_to_one_hour_is_refused(lifetime):
+    assert paths(_one_target(name="x", kind="feed", provider="aws", lifetime=lifetime)) == ["spaces[0].targets[0].lifetime"]
+
+
+@pytest.mark.parametrize("value, seconds", [(600, 600), ("600", 600), ("5s", 5), ("2m", 120), ("1h", 3600),
+                                            (True, None), (1.5, None), ("1d", None), ("m", None), ("", None), (None, None)])
+def test_parse_lifetime(value, seconds):
+    assert config.parse_lifetime(value) == seconds
+
+
+def test_a_gcp_target_whose_shortest_subject_cannot_fit_127_bytes_is_refused():
+    doc = config_doc(spaces=[{"name": "s" * 63, "targets": [
+        {"name": "f" * 63, "kind": "feed", "provider": "gcp", "audience": "a"}]}])
+    assert problems(doc) == [("spaces[0].targets[0].subject", "cannot fit the 127-byte subject limit for gcp targets")]
+
+
+def test_the_same_long_names_fit_an_aws_target():
+    doc = config_doc(spaces=[{"name": "s" * 63, "targets": [{"name": "f" * 63, "kind": "feed", "provider": "aws"}]}])
+    assert ("s" * 63) in config.parse(doc).spaces
+
+
+# -- trust rules --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "change, path",
+    [
+        ({"name": "Deploy"}, "spaces[0].trust[0].name"),
+        ({"name": "pull"}, "spaces[0].trust[1].name"),
+        ({"issuer": "gitlab"}, "spaces[0].trust[0].issuer"),
+        ({"audience": ""}, "spaces[0].trust[0].audience"),
+        ({"audience": 5}, "spaces[0].trust[0].audience"),
+        ({"claims": {}}, "spaces[0].trust[0].claims"),
+        ({"claims": ["repository"]}, "spaces[0].trust[0].claims"),
+        ({"claims": {"bad name": "x"}}, "spaces[0].trust[0].claims"),
+        ({"claims": {"repository": ""}}, "spaces[0].trust[0].claims.repository"),
+        ({"claims": {"repository": 1.5}}, "spaces[0].trust[0].claims.repository"),
+        ({"claims": {"repository": []}}, "spaces[0].trust[0].claims.repository"),
+        ({"claims": {"repository": [["acme/app"]]}}, "spaces[0].trust[0].claims.repository"),
+        ({"claims": {"repository": "*"}}, "spaces[0].trust[0].claims.repository"),
+        ({"claims": {"aud": "x"}}, "spaces[0].trust[0].claims.aud"),
+        ({"claims": {"iss": CI}}, "spaces[0].trust[0].claims.iss"),
+        ({"claims": {"repository": None}}, "spaces[0].trust[0].claims.repository"),
+        ({"targets": []}, "spaces[0].trust[0].targets"),
+        ({"targets": "prod"}, "spaces[0].trust[0].targets"),
+        ({"targets": ["prod", "nope"]}, "spaces[0].trust[0].targets[1]"),
+        ({"context": {"environment": "Production"}}, "spaces[0].trust[0].context.environment"),
+        ({"context": {"environment": {"claim": "bad claim"}}}, "spaces[0].trust[0].context.environment.claim"),
+        ({"context": {"environment": {"claim": "env", "default": "x"}}}, "spaces[0].trust[0].context.environment.default"),
+        ({"context": {"space": "other"}}, "spaces[0].trust[0].context.space"),
+        ({"context": {"account": "other"}}, "spaces[0].trust[0].context.account"),
+        ({"context": ["environment"]}, "spaces[0].trust[0].context"),
+        ({"context": {}}, "spaces[0].trust[0].context"),
+        ({"subject": "x"}, "spaces[0].trust[0].subject"),
+    ],
+)
+def test_a_bad_trust_rule_is_refused_at_its_path(doc, change, path):
+    rule_doc(doc, "deploy").update(change)
+    assert path in paths(doc)
+
+
+def test_a_rule_must_supply_every_context_key_its_targets_use(doc):
+    del rule_doc(doc, "deploy")["context"]
+    assert problems(doc) == [("spaces[0].trust[0].context", "target 'prod' needs a value for subject key 'environment'")]
+
+
+def test_a_rule_may_not_name_a_target_of_another_space(doc):
+    doc["spaces"].append({"name": "other", "targets": [{"name": "mine", "kind": "feed", "provider": "aws"}]})
+    rule_doc(doc, "pull")["targets"] = ["mine"]
+    assert problems(doc) == [("spaces[0].trust[1].targets[0]", "'mine' is not a target of space 'acme'")]
+
+
+def test_a_literal_context_too_long_for_a_gcp_subject_is_refused():
+    wip = "projects/1/locations/global/workloadIdentityPools/pool/providers/prov"
+    doc = config_doc(spaces=[{
+        "name": "acme",
+        "targets": [{"name": "x", "kind": "feed", "provider": "gcp", "subject": ["space", "project", "environment", "feed"],
+                     "gcp": {"workload_identity_provider": wip}}],
+        "trust": [{"name": "r", "issuer": "ci", "claims": {"repository": "acme/app"}, "targets": ["x"],
+                   "context": {"project": "p" * 63, "environment": "e" * 40}}],
+    }])
+    assert problems(doc) == [("spaces[0].trust[0].context", "target 'x': the subject cannot fit 127 bytes")]
+
+
+def test_a_rule_without_claims_is_a_config_problem_not_a_crash(doc):
+    del rule_doc(doc, "pull")["claims"]
+    assert problems(doc) == [("spaces[0].trust[1].claims", "is required")]
+
+
+def test_a_rule_issuer_given_as_a_list_is_a_config_problem_not_a_crash(doc):
+    rule_doc(doc, "pull")["issuer"] = ["ci"]
+    assert paths(doc) == ["spaces[0].trust[1].issuer"]
+
+
+def test_a_rule_target_given_as_a_list_is_a_config_problem_not_a_crash(doc):
+    rule_doc(doc, "pull")["targets"] = [["images"]]
+    assert paths(doc) == ["spaces[0].trust[1].targets[0]"]
+
+
+# -- ConfigCache --------------------------------------------------------------------------------
+
+class Loader:
+    def __init__(self, *results):
+        self.results = list(results)
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def test_cache_loads_on_first_use_and_keeps_the_value_for_ttl():
+    clock, load = Clock(), Loader("first", "second")
+    cache = config.ConfigCache(load, clock, ttl=30)
+    assert cache.get() == "first"
+    clock.advance(29.9)
+    assert (cache.get(), load.calls) == ("first", 1)
+
+
+def test_cache_reloads_once_ttl_has_passed():
+    clock, load = Clock(), Loader("first", "second")
+    cache = config.ConfigCache(load, clock, ttl=30)
+    cache.get()
+    clock.advance(30)
+    assert (cache.get(), load.calls) == ("second", 2)
+
+
+def test_cache_tries_again_after_a_failed_load():
+    clock, load = Clock(), Loader(RuntimeError("store down"), "loaded")
+    cache = config.ConfigCache(load, clock, ttl=30)
+    with pytest.raises(RuntimeError):
+        cache.get()
+    assert cache.get() == "loaded"
+
+
+def test_cache_works_with_a_clock_starting_at_zero():
+    clock, load = Clock(0.0), Loader("first", "second")
+    cache = config.ConfigCache(load, clock, ttl=30)
+    assert (cache.get(), cache.get(), load.calls) == ("first", "first", 1)
