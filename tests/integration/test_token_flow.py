@@ -100,3 +100,26 @@ def test_the_minted_token_is_short_lived(local):
     claims = jwt.decode(token, options={"verify_signature": False})
     assert before - 5 <= claims["iat"] <= int(time.time()) + 5
     assert claims["nbf"] == claims["iat"]
+
+
+def test_audit_answers_who_obtained_a_target_with_one_query(local):
+    import os
+    import sys
+
+    repo = "acme/app"
+    assert local.exchange(local.ci_token(actor="auditor-test"), audience="default/prod-acr").status_code == 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=local.aws_endpoint, AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local",
+               AWS_DEFAULT_REGION="us-east-1")
+    result = subprocess.run([sys.executable, "-m", "oidc_broker_cli.main", "audit", "--target", "default/prod-acr",
+                             "--table", "oidc-broker-local", "--since", "1h", "--json"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert records, "no audit record"
+    newest = records[0]
+    assert newest["target"] == "default/prod-acr"
+    assert newest["caller_subject"] == f"repo:{repo}:ref:refs/heads/main"
+    assert newest["subject"] == "space:default:feed:prod-acr"
+    assert newest["trust_rule"] == "app-main"
+    assert [r["issued_at"] for r in records] == sorted((r["issued_at"] for r in records), reverse=True)
