@@ -116,16 +116,51 @@ def test_no_function_statement_allows_every_action_or_every_resource(template):
             assert "*" not in _as_list(statement["Resource"]), (name, statement)
 
 
-def test_only_the_token_function_may_sign_and_only_with_the_signing_key(template):
+def test_only_the_minting_functions_may_sign_and_only_rs256_with_the_signing_key(template):
     signers = {}
     for name, function in _functions(template).items():
         for statement in _statements(function):
             if "kms:Sign" in _as_list(statement["Action"]):
                 signers[name] = statement
-    assert list(signers) == ["TokenFunction"]
-    statement = signers["TokenFunction"]
-    assert _as_list(statement["Action"]) == ["kms:Sign"]
-    assert statement["Resource"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}
+    assert sorted(signers) == ["ExchangeAwsFunction", "TokenFunction"]
+    for statement in signers.values():
+        assert _as_list(statement["Action"]) == ["kms:Sign"]
+        assert statement["Resource"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}
+        assert statement["Condition"] == {"StringEquals": {"kms:SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"}}
+
+
+def test_only_the_exchange_function_gets_cache_data_keys_and_only_from_the_cache_key(template):
+    users = {}
+    for name, function in _functions(template).items():
+        for statement in _statements(function):
+            actions = set(_as_list(statement["Action"]))
+            if actions & {"kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"}:
+                users[name] = statement
+    assert list(users) == ["ExchangeAwsFunction"]
+    statement = users["ExchangeAwsFunction"]
+    assert sorted(_as_list(statement["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert statement["Resource"] == {"Fn::GetAtt": ["CacheKey", "Arn"]}
+    assert statement["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "oidc-broker credential cache"}}
+
+
+def test_the_exchange_function_reaches_only_the_table_and_the_two_keys(template):
+    function = template["Resources"]["ExchangeAwsFunction"]["Properties"]
+    actions = {a for s in _statements(template["Resources"]["ExchangeAwsFunction"]) for a in _as_list(s["Action"])}
+    # STS AssumeRoleWithWebIdentity is unsigned; ECR is called with the assumed role's credentials.
+    assert actions == {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem",
+                       "kms:Sign", "kms:GenerateDataKey", "kms:Decrypt"}
+    dynamodb = [s for s in _statements(template["Resources"]["ExchangeAwsFunction"])
+                if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))]
+    assert all(s["Resource"] == {"Fn::GetAtt": ["BrokerTable", "Arn"]} for s in dynamodb)
+    assert function["Environment"]["Variables"] == {"CACHE_KEY_ID": {"Fn::GetAtt": ["CacheKey", "Arn"]}}
+
+
+def test_the_cache_key_is_a_retained_symmetric_key_administered_by_the_account(template):
+    key = template["Resources"]["CacheKey"]
+    assert key["DeletionPolicy"] == key["UpdateReplacePolicy"] == "Retain"
+    props = key["Properties"]
+    assert (props["KeySpec"], props["KeyUsage"], props["EnableKeyRotation"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", True)
+    assert props["KeyPolicy"] == template["Resources"]["SigningKey"]["Properties"]["KeyPolicy"]
 
 
 def test_the_discovery_function_gets_no_policies(template):
@@ -221,6 +256,7 @@ def test_every_route_is_a_literal_path_on_the_one_http_api(template):
         "GET /.well-known/openid-configuration": "DiscoveryFunction",
         "GET /.well-known/jwks.json": "JwksFunction",
         "POST /token": "TokenFunction",
+        "POST /exchange/aws": "ExchangeAwsFunction",
     }
     for _, props in routes.values():
         assert props["ApiId"] == {"Ref": "HttpApi"}

@@ -130,3 +130,10 @@ def test_callers_whose_subjects_differ_never_share_credentials(world):
     exchange.credentials(token(setup, "a"), "acme/prod", BROKER)
     other = exchange.credentials(token(setup, "b", environment="staging"), "acme/prod", BROKER)
     assert not other.served.from_cache and len(exchanger.requests) == 2
+
+
+def test_authorizing_a_caller_records_and_signs_nothing(world):
+    setup, exchanger, cache, exchange = world
+    auth = setup.broker.authorize(token(setup), "acme/prod", BROKER)
+    assert str(auth.subject) == SUBJECT and auth.rule.name == "deploy"
+    assert not setup.store.grants and not setup.signer.calls

@@ -270,6 +270,12 @@ class LocalBroker:
             handler = self._handlers[logical_id] = getattr(module, func)
         return handler(event, LambdaContext(logical_id))
 
+    def openapi(self) -> dict[str, Any]:
+        """The API description (docs/openapi.yaml), served as /openapi.json."""
+        from .yamlfile import load
+
+        return load((self.root / "docs" / "openapi.yaml").read_text())
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -343,6 +349,8 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                 if parts.path.startswith("/_local/cloudformation/") and self.command == "PUT":
                     broker._cfn_responses[parts.path.rsplit("/", 1)[1]] = json.loads(body)
                     return self._send(200, {})
+                if parts.path == "/openapi.json" and self.command == "GET":
+                    return self._send(200, broker.openapi())
                 if parts.path.startswith(DEV_CI_PREFIX + "/"):
                     return self._dev_ci(parts.path[len(DEV_CI_PREFIX):], parts.query, body)
                 for route in broker.routes:

@@ -93,39 +93,48 @@ class CredentialCache:
         hit = self._fresh(target, subject, refresh_at)
         if hit:
             return hit
-        with self._lock(target.ref, subject):
-            # Another thread of this process may have filled it while we waited for the lock.
+        lock = self._lock(target.ref, subject)
+        waited = not lock.acquire(blocking=False)
+        if waited:
+            lock.acquire()
+        try:
+            return self._fill(target, subject, refresh_at, fill, waited)
+        finally:
+            lock.release()
+
+    def _fill(self, target: Target, subject: str, refresh_at: float, fill: Fill, waited: bool) -> Served:
+        if waited:  # another thread of this process may have filled it meanwhile
             hit = self._fresh(target, subject, refresh_at)
             if hit:
                 return hit
-            deadline = self._clock() + self._wait
-            while not self._store.lock_credentials_fill(target.ref, subject, self._owner, int(self._clock()),
-                                                        int(self._clock()) + self._lease):
-                if self._clock() >= deadline:
-                    raise Throttled(f"another request is obtaining credentials for target {target.ref!r}; "
-                                    "try again shortly", "fill_in_progress", 1)
-                self._sleep(self._poll)
-                hit = self._fresh(target, subject, refresh_at)
-                if hit:
-                    return hit
-            try:
-                hit = self._fresh(target, subject, refresh_at)  # filled just before we took the lease
-                if hit:
-                    return hit
-                # The data key first: if KMS is unavailable, fail before anything is minted or exchanged.
-                data_key = self._new_data_key(target, subject)
-                credentials, source = fill()
-                not_stored = None
-                if refresh_time(credentials.issued_at, credentials.expires_at, refresh_at) <= self._clock():
-                    not_stored = "too little lifetime left to cache"
-                else:
-                    try:
-                        self._put(target, subject, credentials, source, data_key)
-                    except Exception as e:  # the cache only saves exchanges: still serve what we obtained
-                        not_stored = f"the cache could not be written ({_code(e) or type(e).__name__})"
-                return Served(credentials, source, from_cache=False, not_stored=not_stored)
-            finally:
-                self._store.unlock_credentials_fill(target.ref, subject, self._owner)
+        deadline = self._clock() + self._wait
+        while not self._store.lock_credentials_fill(target.ref, subject, self._owner, int(self._clock()),
+                                                    int(self._clock()) + self._lease):
+            if self._clock() >= deadline:
+                raise Throttled(f"another request is obtaining credentials for target {target.ref!r}; "
+                                "try again shortly", "fill_in_progress", 1)
+            self._sleep(self._poll)
+            hit = self._fresh(target, subject, refresh_at)
+            if hit:
+                return hit
+        try:
+            hit = self._fresh(target, subject, refresh_at)  # filled just before we took the lease
+            if hit:
+                return hit
+            # The data key first: if KMS is unavailable, fail before anything is minted or exchanged.
+            data_key = self._new_data_key(target, subject)
+            credentials, source = fill()
+            not_stored = None
+            if refresh_time(credentials.issued_at, credentials.expires_at, refresh_at) <= self._clock():
+                not_stored = "too little lifetime left to cache"
+            else:
+                try:
+                    self._put(target, subject, credentials, source, data_key)
+                except Exception as e:  # the cache only saves exchanges: still serve what we obtained
+                    not_stored = f"the cache could not be written ({_code(e) or type(e).__name__})"
+            return Served(credentials, source, from_cache=False, not_stored=not_stored)
+        finally:
+            self._store.unlock_credentials_fill(target.ref, subject, self._owner)
 
     # -- reading -------------------------------------------------------------------------------
     def _fresh(self, target: Target, subject: str, refresh_at: float) -> Served | None:

@@ -1,9 +1,12 @@
 """Minting: from a verified caller and a requested target to a signed broker token.
 
 The one path every credential takes (the token endpoint and each cloud exchange call it):
-verify the caller, resolve the target, find the trust rule, build the subject, record the grant
-(replay guard and audit entry, before anything is signed), sign. Nothing is signed for a caller
-whose grant could not be recorded, and a grant whose token could not be signed is withdrawn.
+`authorize` verifies the caller, resolves the target, finds the trust rule and builds the subject,
+with no side effect; `mint` records the grant (replay guard and audit entry, before anything is
+signed) and signs; `issue` is both. Nothing is signed for a caller whose grant could not be
+recorded, and a grant whose token could not be signed is withdrawn. `record` writes the grant for
+credentials served from the cache without minting; `withdraw` undoes the grant of a token that
+obtained nothing from its cloud.
 """
 
 from __future__ import annotations
