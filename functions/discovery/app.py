@@ -10,7 +10,7 @@ logger = Logger()
 CACHE_CONTROL = "public, max-age=3600"
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 def handler(event, context):
     try:
         issuer = runtime.issuer_url(api.request_domain(event))

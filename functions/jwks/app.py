@@ -11,7 +11,7 @@ key_ring = runtime.key_ring()
 CACHE_CONTROL = "public, max-age=300"
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 def handler(event, context):
     try:
         jwks = key_ring.jwks()

@@ -9,7 +9,7 @@ from oidc_broker import cfn, keys, runtime
 logger = Logger()
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 def handler(event, context):
     request_type = event.get("RequestType")
     physical_id = event.get("PhysicalResourceId") or "key-ring"

@@ -139,6 +139,8 @@ class LocalBroker:
         self.port = self._server.server_address[1]
         self.base_url = f"http://{self.host}:{self.port}"
         self._handlers: dict[str, Callable] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
         self._cfn_responses: dict[str, dict[str, Any]] = {}
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-http", daemon=True)
         self._thread.start()
@@ -260,15 +262,30 @@ class LocalBroker:
                 raise RuntimeError(f"custom resource {logical_id} failed: {response and response.get('Reason')}")
 
     def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
-        handler = self._handlers.get(logical_id)
-        if handler is None:
-            code_uri, spec = self.template.function(logical_id)
-            module_name, func = spec.rsplit(".", 1)
-            spec_obj = importlib.util.spec_from_file_location(f"functions.{logical_id}.{module_name}", code_uri / f"{module_name}.py")
-            module = importlib.util.module_from_spec(spec_obj)
-            spec_obj.loader.exec_module(module)
-            handler = self._handlers[logical_id] = getattr(module, func)
-        return handler(event, LambdaContext(logical_id))
+        """Call a function's handler as Lambda would: one request at a time per function.
+
+        Lambda runs each function in its own process. Here they share one, so each function gets
+        its own lock (one warm container) and, when first imported, its own logger: Powertools
+        keys its logger by service name, and functions would otherwise share keys mid-request.
+        """
+        with self._guard:
+            lock = self._locks.setdefault(logical_id, threading.Lock())
+        with lock:
+            handler = self._handlers.get(logical_id)
+            if handler is None:
+                handler = self._handlers[logical_id] = self._load(logical_id)
+            return handler(event, LambdaContext(logical_id))
+
+    def _load(self, logical_id: str) -> Callable:
+        import logging
+
+        code_uri, spec = self.template.function(logical_id)
+        module_name, func = spec.rsplit(".", 1)
+        logging.Logger.manager.loggerDict.pop(os.environ.get("POWERTOOLS_SERVICE_NAME", "service_undefined"), None)
+        spec_obj = importlib.util.spec_from_file_location(f"functions.{logical_id}.{module_name}", code_uri / f"{module_name}.py")
+        module = importlib.util.module_from_spec(spec_obj)
+        spec_obj.loader.exec_module(module)
+        return getattr(module, func)
 
     def openapi(self) -> dict[str, Any]:
         """The API description (docs/openapi.yaml), served as /openapi.json."""

@@ -17,6 +17,8 @@ class BrokerError(Exception):
         super().__init__(description)
         self.description = description
         self.reason = reason or self.error
+        # Log keys naming the caller, once its token is verified (observe.caller_keys).
+        self.caller: dict[str, str] | None = None
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}

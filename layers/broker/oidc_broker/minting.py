@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import callers, subject, tokens
+from . import callers, observe, subject, tokens
 from .config import Config, Target, TrustRule
-from .errors import InvalidGrant, InvalidTarget, ServerError
+from .errors import BrokerError, InvalidGrant, InvalidTarget, ServerError
 from .keys import KeyRing
 from .store import AlreadyUsed, Grant
 
@@ -85,15 +85,19 @@ class Broker:
             raise ServerError("the broker's configuration names another issuer than this deployment", "issuer_mismatch")
         now = self._clock()
         caller = callers.verify(subject_token, config, self._caller_keys, now)
-        target = config.target(audience)
-        if target is None:
-            raise InvalidTarget(f"audience {audience!r} is not a known <space>/<target>", "unknown_target")
-        rule = callers.admit(config, caller, target)
-        values = {"space": target.space, target.kind: target.name, **callers.context_values(rule, caller, target)}
         try:
-            subj = subject.build(target.subject_keys, values, target.provider)
-        except subject.SubjectError as e:
-            raise InvalidGrant(str(e), "invalid_subject") from None
+            target = config.target(audience)
+            if target is None:
+                raise InvalidTarget(f"audience {audience!r} is not a known <space>/<target>", "unknown_target")
+            rule = callers.admit(config, caller, target)
+            values = {"space": target.space, target.kind: target.name, **callers.context_values(rule, caller, target)}
+            try:
+                subj = subject.build(target.subject_keys, values, target.provider)
+            except subject.SubjectError as e:
+                raise InvalidGrant(str(e), "invalid_subject") from None
+        except BrokerError as e:
+            e.caller = observe.caller_keys(caller)
+            raise
         return Authorization(issuer=issuer, caller=caller, target=target, rule=rule, subject=subj)
 
     def mint(self, auth: Authorization) -> Issued:
