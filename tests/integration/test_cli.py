@@ -220,3 +220,58 @@ def test_explain_says_when_the_signature_does_not_verify(tmp_path, hostile):
                  "--target", "default/deploy", forged)
     assert result.returncode == 1
     assert "signature  FAIL: subject_token signature is not valid" in result.stdout
+
+
+TRUST = GOOD.replace(
+    """      - name: prod-ecr
+        kind: feed""",
+    """      - name: deploy
+        kind: account
+        provider: aws
+        subject: [space, environment, account]
+        aws: {role_arn: "arn:aws:iam::210987654321:role/deploy", region: us-east-1}
+      - name: prod-ecr
+        kind: feed""",
+) + """      - name: deploy-main
+        issuer: github
+        claims: {repository_id: "1", ref: refs/heads/main}
+        targets: [deploy]
+        context: {environment: {claim: environment}}
+      - name: deploy-staging
+        issuer: github
+        claims: {repository_id: "1"}
+        targets: [deploy]
+        context: {environment: staging}
+"""
+
+
+def test_trust_policy_prints_the_policy_for_every_subject_a_target_can_get(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(TRUST)
+    result = cli(os.environ.copy(), "trust-policy", "aws", "--target", "default/deploy", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    (statement,) = json.loads(result.stdout)["Statement"]
+    assert statement["Principal"] == {"Federated": "arn:aws:iam::210987654321:oidc-provider/id.example.com"}
+    assert statement["Condition"]["StringEquals"] == {"id.example.com:aud": "sts.amazonaws.com"}
+    assert statement["Condition"]["StringLike"]["id.example.com:sub"] == [
+        "space:default:environment:*:account:deploy",
+        "space:default:environment:staging:account:deploy",
+    ]
+
+
+def test_trust_policy_of_a_fixed_subject_is_an_exact_match(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(TRUST)
+    result = cli(os.environ.copy(), "trust-policy", "aws", "--target", "default/prod-ecr", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    condition = json.loads(result.stdout)["Statement"][0]["Condition"]
+    assert condition == {"StringEquals": {"id.example.com:aud": "sts.amazonaws.com",
+                                          "id.example.com:sub": "space:default:feed:prod-ecr"}}
+
+
+def test_trust_policy_refuses_a_target_it_cannot_describe(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(TRUST)
+    result = cli(os.environ.copy(), "trust-policy", "aws", "--target", "default/nope", "--config", str(path))
+    assert result.returncode == 2
+    assert "is not an aws target" in result.stderr

@@ -48,6 +48,8 @@ from xml.sax.saxutils import escape
 
 import jwt
 
+from oidc_broker.clouds.aws import trust_policy  # noqa: F401 - the policy local mode and tests give roles
+
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 ACTION = "AssumeRoleWithWebIdentity"
 SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
@@ -185,22 +187,6 @@ def trust_allows(policy: dict[str, Any], provider_arn: str, context: dict[str, s
             return False
         allowed = allowed or statement.get("Effect") == "Allow"
     return allowed
-
-
-def trust_policy(account: str, issuer: str, audience: str, subject: str, *, like: bool = False) -> dict[str, Any]:
-    """The trust policy a role needs so that tokens for `subject` from `issuer` may assume it."""
-    host = _strip_scheme(issuer)
-    condition: dict[str, dict[str, str]] = {"StringEquals": {f"{host}:aud": audience}}
-    condition.setdefault("StringLike" if like else "StringEquals", {})[f"{host}:sub"] = subject
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"Federated": f"arn:aws:iam::{account}:oidc-provider/{host}"},
-            "Action": "sts:AssumeRoleWithWebIdentity",
-            "Condition": condition,
-        }],
-    }
 
 
 # -- verification ------------------------------------------------------------------------------------

@@ -453,7 +453,8 @@ def _trust_aws_targets(config: config_module.Config, iam: Any, issuer: str) -> d
     accounts are left alone (the broker then meets STS's "no OIDC provider" answer, as in AWS).
     Returns target ref -> role ARN for the targets set up.
     """
-    from oidc_broker_emulators.sts import ROLE_ARN, trust_policy
+    from oidc_broker.clouds.aws import trust_policy
+    from oidc_broker_emulators.sts import ROLE_ARN
 
     subjects: dict[str, set[str]] = {}
     audiences: dict[str, set[str]] = {}
@@ -464,11 +465,7 @@ def _trust_aws_targets(config: config_module.Config, iam: Any, issuer: str) -> d
             m = ROLE_ARN.fullmatch(role_arn or "")
             if target.provider != "aws" or not m or m.group(1) != ACCOUNT_ID:
                 continue
-            subs = subjects.setdefault(role_arn, set())
-            for rule in config.rules_for(target):
-                values = {"space": target.space, target.kind: target.name}
-                values.update({k: (v.literal if v.literal is not None else "*") for k, v in rule.context.items()})
-                subs.add(":".join(f"{k}:{values.get(k, '*')}" for k in target.subject_keys))
+            subjects.setdefault(role_arn, set()).update(config.subject_patterns(target))
             audiences.setdefault(role_arn, set()).add(target.audience)
             set_up[target.ref] = role_arn
     if not set_up:

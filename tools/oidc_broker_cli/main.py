@@ -92,6 +92,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trust_policy(args: argparse.Namespace) -> int:
+    from oidc_broker.clouds.aws import target_trust_policy
+
+    try:
+        config = load_config(args)
+    except (apply_module.ApplyError, config_module.ConfigError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    target = config.target(args.target)
+    if target is None or target.provider != args.cloud:
+        print(f"oidc-broker trust-policy: {args.target!r} is not an {args.cloud} target of this configuration", file=sys.stderr)
+        return 2
+    if not target.setting("role_arn"):
+        print(f"oidc-broker trust-policy: target {args.target!r} names no aws.role_arn", file=sys.stderr)
+        return 2
+    subjects = config.subject_patterns(target)
+    if not subjects:
+        print(f"oidc-broker trust-policy: no trust rule admits anyone to {args.target!r} yet", file=sys.stderr)
+        return 2
+    print(json.dumps(target_trust_policy(config.issuer, target, subjects), indent=2))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
@@ -183,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="do not fetch the issuer's keys; judge the claims only")
     p.add_argument("--allow-loopback-http", action="store_true", help="accept http:// loopback issuers (local mode)")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("trust-policy", help="print the trust policy a target's cloud role needs")
+    p.add_argument("cloud", choices=["aws"])
+    p.add_argument("--target", required=True, help="<space>/<target>")
+    p.add_argument("--config", help="configuration file (default: the one applied to --table)")
+    p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
+    p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_trust_policy)
 
     p = sub.add_parser("audit", help="who obtained credentials for a target, newest first")
     p.add_argument("--target", required=True, help="<space>/<target>")

@@ -202,6 +202,15 @@ class Config:
     def rules_for(self, target: Target) -> tuple[TrustRule, ...]:
         return tuple(r for r in self.spaces[target.space].trust if target.name in r.targets)
 
+    def subject_patterns(self, target: Target) -> list[str]:
+        """Every subject the broker can mint for `target`; `*` stands for a value from a caller claim."""
+        patterns = set()
+        for rule in self.rules_for(target):
+            values = {"space": target.space, target.kind: target.name}
+            values.update({k: v.literal for k, v in rule.context.items() if v.literal is not None})
+            patterns.add(subject.pattern(target.subject_keys, values))
+        return sorted(patterns)
+
 
 def is_loopback(host: str | None) -> bool:
     if host == "localhost":

@@ -90,6 +90,11 @@ def build(keys: tuple[str, ...], values: dict[str, str], provider: str) -> Subje
     return subject
 
 
+def pattern(keys: tuple[str, ...], values: dict[str, str]) -> str:
+    """The subject with `*` for each value not known in advance (taken from a caller's claim)."""
+    return ":".join(f"{k}:{values.get(k, '*')}" for k in keys)
+
+
 def shortest_length(keys: tuple[str, ...], fixed: dict[str, str]) -> int:
     """The shortest subject `keys` can yield when `fixed` values are known (others at least 1 byte).
 

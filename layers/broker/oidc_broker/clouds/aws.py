@@ -207,7 +207,8 @@ class AwsExchanger:
             return AccessDenied(
                 f"role {role_arn} does not trust {sent} {said}. Its trust policy must allow "
                 f"sts:AssumeRoleWithWebIdentity for Federated arn:aws:iam::{_account(role_arn)}:oidc-provider/{host} "
-                f"with StringEquals {host}:sub = {request.subject} and {host}:aud = {request.target.audience}.",
+                f"with StringEquals {host}:sub = {request.subject} and {host}:aud = {request.target.audience} "
+                f"(`oidc-broker trust-policy aws --target {request.target.ref}` prints it).",
                 "aws_access_denied",
             )
         if code == "InvalidIdentityToken":
@@ -298,3 +299,38 @@ def _epoch(value: Any) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp())
     return int(float(value))
+
+
+def provider_host(issuer: str) -> str:
+    """The issuer as IAM names its OIDC provider and condition keys: host and path, no scheme."""
+    parts = urlsplit(issuer)
+    return f"{parts.netloc}{parts.path}"
+
+
+def trust_policy(account: str, issuer: str, audience: str | list[str], subject: str | list[str], *,
+                 like: bool = False) -> dict[str, Any]:
+    """The trust policy a role needs so that broker tokens for `subject` may assume it.
+
+    `like` uses StringLike for the subject, for patterns with `*` standing for a value the broker
+    takes from a caller's claim. That is safe only because broker subjects are built from slugs,
+    which never contain `:` — a `*` cannot reach into another subject part.
+    """
+    host = provider_host(issuer)
+    condition: dict[str, dict[str, Any]] = {"StringEquals": {f"{host}:aud": audience}}
+    condition.setdefault("StringLike" if like else "StringEquals", {})[f"{host}:sub"] = subject
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": f"arn:aws:iam::{account}:oidc-provider/{host}"},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": condition,
+        }],
+    }
+
+
+def target_trust_policy(issuer: str, target: Any, subjects: list[str]) -> dict[str, Any]:
+    """The trust policy for a target's role: its audience and every subject the broker mints for it."""
+    account = target.setting("role_arn").split(":")[4]
+    like = any("*" in s for s in subjects)
+    return trust_policy(account, issuer, target.audience, subjects[0] if len(subjects) == 1 else subjects, like=like)
