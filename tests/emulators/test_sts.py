@@ -18,7 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from oidc_broker_emulators.sts import StaticDirectory, StsEmulator, Verifier, trust_allows, trust_policy
+from oidc_broker.clouds.aws import trust_policy
+from oidc_broker_emulators.sts import StaticDirectory, StsEmulator, Verifier, trust_allows
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/deploy"

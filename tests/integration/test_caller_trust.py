@@ -6,7 +6,6 @@ caller token's `jti` was not consumed (no grant recorded for it).
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import hashlib
 import hmac

@@ -1,13 +1,11 @@
 """The whole flow over HTTP: a CI token in, a broker token out, verified as a cloud would."""
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import jwt
-import pytest
 
 INTEROP = Path(__file__).resolve().parents[1] / "interop"
 

@@ -29,7 +29,6 @@ queue faults (`fail_next`) such as throttling. Never part of the Lambda layer.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 import secrets
@@ -48,7 +47,8 @@ from xml.sax.saxutils import escape
 
 import jwt
 
-from oidc_broker.clouds.aws import trust_policy  # noqa: F401 - the policy local mode and tests give roles
+from oidc_broker.clouds.aws import provider_host
+from oidc_broker.config import is_loopback
 
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 ACTION = "AssumeRoleWithWebIdentity"
@@ -94,7 +94,7 @@ class StaticDirectory:
         self.roles: dict[str, Role] = {}
 
     def add_provider(self, account: str, url: str, client_ids: list[str]) -> None:
-        self.providers[(account, _strip_scheme(url))] = list(client_ids)
+        self.providers[(account, provider_host(url))] = list(client_ids)
 
     def add_role(self, arn: str, trust_policy: dict[str, Any], max_session_duration: int = 3600) -> None:
         self.roles[arn] = Role(arn, trust_policy, max_session_duration)
@@ -191,20 +191,6 @@ def trust_allows(policy: dict[str, Any], provider_arn: str, context: dict[str, s
 
 # -- verification ------------------------------------------------------------------------------------
 
-def _strip_scheme(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.netloc}{parts.path}"
-
-
-def _loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
 def http_fetch(url: str) -> dict[str, Any]:
     """GET a JSON document the way STS does: 5 s, no redirects, bounded size."""
 
@@ -286,8 +272,8 @@ class Verifier:
 
         iss = claims.get("iss")
         parts = urlsplit(iss) if isinstance(iss, str) else None
-        secure = parts is not None and (parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)))
-        provider_url = _strip_scheme(iss) if parts is not None else ""
+        secure = parts is not None and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname)))
+        provider_url = provider_host(iss) if parts is not None else ""
         client_ids = self.directory.client_ids(account, provider_url) if secure and not parts.query else None
         if client_ids is None:
             raise StsError("InvalidIdentityToken", f"No OpenIDConnect provider found in your account for {iss}")
