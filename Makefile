@@ -2,13 +2,15 @@
 PYTHON ?= python3
 VENV   := .venv
 TOOLS  := .venv-tools
+CHECKOV := .venv-checkov
 PORT   ?= 3000
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test unit bench venv tools interop build deploy clean
+.PHONY: run test unit bench venv tools checkov interop build deploy clean
 
 venv: $(VENV)/.installed
 tools: $(TOOLS)/.installed
+checkov: $(CHECKOV)/.installed
 interop: tests/interop/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml layers/broker/requirements.txt
@@ -24,6 +26,13 @@ $(TOOLS)/.installed: requirements-tools.txt
 	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
 	touch $@
 
+# checkov in its own environment too: next to SAM CLI's pins pip backtracks for minutes.
+$(CHECKOV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/package-lock.json
 	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 	touch $@
@@ -31,7 +40,7 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 run: venv
 	$(VENV)/bin/oidc-broker local --config $(CONFIG) --port $(PORT)
 
-test: venv tools interop
+test: venv tools checkov interop
 	$(VENV)/bin/pytest
 
 unit: venv
@@ -51,4 +60,4 @@ deploy: build
 	$(TOOLS)/bin/sam deploy --guided --parameter-overrides PythonRuntime=$(BUILD_RUNTIME)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .aws-sam tests/interop/node_modules
+	rm -rf $(VENV) $(TOOLS) $(CHECKOV) .aws-sam tests/interop/node_modules

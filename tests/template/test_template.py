@@ -1,8 +1,8 @@
 """The SAM template: it lints, validates and builds, and its permissions stay least-privilege.
 
-The lint/validate/build tests run the tools from .venv-tools (`make tools`, which `make test`
-runs first); the structural tests read template.yaml with a loader that keeps CloudFormation's
-short-form tags as their long-form dicts.
+The lint/validate/build tests run the tools from .venv-tools (`make tools`) and checkov from
+.venv-checkov (`make checkov`; `make test` builds both first); the structural tests read
+template.yaml with a loader that keeps CloudFormation's short-form tags as their long-form dicts.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from oidc_broker_cli.yamlfile import load_template
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 TOOLS = REPO / ".venv-tools" / "bin"
+CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 
 
 # --- reading the template -------------------------------------------------------------------
@@ -62,6 +63,21 @@ def _tool(name: str) -> str:
     return str(path)
 
 
+def _checkov() -> str:
+    if not CHECKOV.exists():
+        pytest.fail(f"{CHECKOV} is missing: run `make checkov` (`make test` builds .venv-checkov first)")
+    return str(CHECKOV)
+
+
+def _checkov_skips(template: dict) -> dict[tuple[str, str], str]:
+    """(resource, check id) -> reason, for every `Metadata: checkov: skip:` in the template."""
+    skips = {}
+    for name, resource in template["Resources"].items():
+        for skip in ((resource.get("Metadata") or {}).get("checkov") or {}).get("skip", []):
+            skips[(name, skip["id"])] = skip.get("comment")
+    return skips
+
+
 def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
     return subprocess.run(
@@ -79,6 +95,30 @@ def test_cfn_lint_accepts_the_template():
 def test_sam_validate_with_lint_accepts_the_template():
     result = _run([_tool("sam"), "validate", "--lint", "--template-file", "template.yaml"], timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.tools
+def test_checkov_passes_the_template_with_only_the_skips_written_in_it(template):
+    # JSON rather than --quiet: the report must list the skipped checks, not only the failed ones.
+    # --skip-download: no call to Prisma Cloud for guidelines (there is no network for it here).
+    result = _run(
+        [_checkov(), "-f", "template.yaml", "--framework", "cloudformation", "--compact",
+         "--skip-download", "--output", "json"],
+        timeout=300,
+    )
+    assert result.stdout.strip(), result.stderr
+    report = json.loads(result.stdout)
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
+    assert not failed, "\n".join(failed)
+    assert result.returncode == 0, result.stderr
+    assert report["summary"]["parsing_errors"] == 0
+    # Every resource was read and checked: a template checkov could not parse passes nothing.
+    assert report["summary"]["resource_count"] == len(template["Resources"])
+    assert report["summary"]["passed"] > 0
+    skipped = {(c["resource"].split(".", 1)[1], c["check_id"]) for c in report["results"]["skipped_checks"]}
+    # Each skip in the template names a check that really applies to its resource (no typo, no
+    # stale id), and nothing is skipped anywhere else (no --skip-check, no inline comment).
+    assert skipped == set(_checkov_skips(template))
 
 
 @pytest.mark.tools
@@ -178,6 +218,14 @@ def test_key_ring_functions_reach_only_the_keyring_partition(template, name):
         assert statement["Resource"] == {"Fn::GetAtt": ["BrokerTable", "Arn"]}
         leading = statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"]
         assert leading == ["KEYRING"]
+
+
+def test_the_key_ring_function_reads_the_public_key_and_adds_keys_only(template):
+    actions = {a for s in _statements(template["Resources"]["KeyRingFunction"]) for a in _as_list(s["Action"])}
+    # It queries the ring and adds a key with a conditional put: no update, no delete, no signing.
+    assert actions == {"kms:GetPublicKey", "dynamodb:Query", "dynamodb:PutItem"}
+    kms = [s for s in _statements(template["Resources"]["KeyRingFunction"]) if s["Action"] == "kms:GetPublicKey"]
+    assert [s["Resource"] for s in kms] == [{"Fn::GetAtt": ["SigningKey", "Arn"]}]
 
 
 def test_the_token_function_reaches_the_table_but_not_its_indexes(template):
@@ -310,3 +358,249 @@ def test_every_sample_event_targets_something_in_the_template(template, path):
     else:
         assert event["ResourceType"] == template["Resources"]["KeyRing"]["Type"]
         assert set(event["ResourceProperties"]) == set(template["Resources"]["KeyRing"]["Properties"])
+
+
+# --- checkov skips --------------------------------------------------------------------------
+
+
+def test_every_checkov_skip_in_the_template_gives_its_reason(template):
+    skips = _checkov_skips(template)
+    assert skips, "no checkov skip found: has the Metadata layout changed?"
+    for (name, check), reason in skips.items():
+        assert re.fullmatch(r"CKV2?_AWS_\d+", check), (name, check)
+        # A reason is a sentence about this product, not a placeholder.
+        assert isinstance(reason, str) and len(reason.split()) >= 8, (name, check, reason)
+
+
+def test_every_log_group_skips_only_the_cmk_check(template):
+    for name in _resources(template, "AWS::Logs::LogGroup"):
+        assert [check for (resource, check) in _checkov_skips(template) if resource == name] == ["CKV_AWS_158"], name
+
+
+# --- data that must outlive the stack: every key and the table ------------------------------
+
+
+def test_every_kms_key_and_every_table_is_retained(template):
+    kept = {**_resources(template, "AWS::KMS::Key"), **_resources(template, "AWS::DynamoDB::Table")}
+    assert {"SigningKey", "CacheKey", "BrokerTable"} <= set(kept)
+    for name, resource in kept.items():
+        assert (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy")) == ("Retain", "Retain"), name
+
+
+# --- the optional custom domain -------------------------------------------------------------
+
+DOMAIN_TYPES = {
+    "AWS::CertificateManager::Certificate",
+    "AWS::ApiGatewayV2::DomainName",
+    "AWS::ApiGatewayV2::ApiMapping",
+    "AWS::Route53::RecordSet",
+}
+ISSUER = "https://id.example.com"
+CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+ZONE = "Z0123456789ABCDEFGHIJ"
+
+
+def _value(template: dict, node, parameters: dict[str, str]):
+    if isinstance(node, dict) and "Ref" in node:
+        return parameters.get(node["Ref"], str(template["Parameters"][node["Ref"]].get("Default", "")))
+    return node
+
+
+def _holds(template: dict, node, parameters: dict[str, str]) -> bool:
+    """Evaluates a condition (or rule) expression the way CloudFormation does, for given parameters."""
+    (function, args), = node.items()
+    if function in ("Condition", "Fn::Condition"):
+        return _holds(template, template["Conditions"][args], parameters)
+    if function == "Fn::Equals":
+        return _value(template, args[0], parameters) == _value(template, args[1], parameters)
+    if function == "Fn::Not":
+        return not _holds(template, args[0], parameters)
+    if function == "Fn::And":
+        return all(_holds(template, a, parameters) for a in args)
+    if function == "Fn::Or":
+        return any(_holds(template, a, parameters) for a in args)
+    raise AssertionError(f"unexpected condition function {function}")
+
+
+def _created(template: dict, parameters: dict[str, str]) -> set[str]:
+    return {
+        name for name, resource in template["Resources"].items()
+        if "Condition" not in resource or _holds(template, {"Condition": resource["Condition"]}, parameters)
+    }
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({}, set()),
+        # An issuer URL alone: the operator fronts the API with a domain of their own.
+        ({"IssuerUrl": ISSUER}, set()),
+        ({"IssuerUrl": ISSUER, "CertificateArn": CERTIFICATE}, {"CustomDomain", "CustomDomainMapping"}),
+        ({"IssuerUrl": ISSUER, "HostedZoneId": ZONE},
+         {"CustomDomainCertificate", "CustomDomain", "CustomDomainMapping", "CustomDomainRecord"}),
+        ({"IssuerUrl": ISSUER, "CertificateArn": CERTIFICATE, "HostedZoneId": ZONE},
+         {"CustomDomain", "CustomDomainMapping", "CustomDomainRecord"}),
+    ],
+    ids=["default", "issuer-only", "certificate", "hosted-zone", "certificate-and-zone"],
+)
+def test_custom_domain_resources_exist_only_when_their_parameters_ask_for_them(template, parameters, expected):
+    domain = {name for name, r in template["Resources"].items() if r["Type"] in DOMAIN_TYPES}
+    assert domain == {"CustomDomainCertificate", "CustomDomain", "CustomDomainMapping", "CustomDomainRecord"}
+    assert all("Condition" in template["Resources"][name] for name in domain)
+    assert _created(template, parameters) & domain == expected
+    target = template["Outputs"]["CustomDomainTarget"]
+    assert _holds(template, {"Condition": target["Condition"]}, parameters) is ("CustomDomain" in expected)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "accepted"),
+    [
+        ({}, True),
+        ({"IssuerUrl": ISSUER, "CertificateArn": CERTIFICATE}, True),
+        ({"CertificateArn": CERTIFICATE}, False),
+        ({"HostedZoneId": ZONE}, False),
+    ],
+)
+def test_a_certificate_or_zone_without_an_issuer_url_is_refused(template, parameters, accepted):
+    rule = template["Rules"]["CustomDomainNeedsIssuerUrl"]
+    applies = _holds(template, rule["RuleCondition"], parameters)
+    holds = all(_holds(template, a["Assert"], parameters) for a in rule["Assertions"])
+    assert (not applies or holds) is accepted
+
+
+def test_the_custom_domain_is_the_issuer_urls_host_at_its_root(template):
+    host = {"Fn::Select": [1, {"Fn::Split": ["https://", {"Ref": "IssuerUrl"}]}]}
+    resources = template["Resources"]
+    assert resources["CustomDomain"]["Properties"]["DomainName"] == host
+    assert resources["CustomDomainCertificate"]["Properties"]["DomainName"] == host
+    assert resources["CustomDomainCertificate"]["Properties"]["ValidationMethod"] == "DNS"
+    (config,) = resources["CustomDomain"]["Properties"]["DomainNameConfigurations"]
+    assert (config["EndpointType"], config["SecurityPolicy"]) == ("REGIONAL", "TLS_1_2")
+    mapping = resources["CustomDomainMapping"]["Properties"]
+    # No mapping key: discovery is served at <issuer>/.well-known/openid-configuration.
+    assert "ApiMappingKey" not in mapping
+    assert mapping["ApiId"] == {"Ref": "HttpApi"}
+    # The issuer the functions sign with is the parameter the domain comes from.
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["ISSUER_URL"] == {"Ref": "IssuerUrl"}
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "allowed"),
+    [
+        ("CertificateArn", "", True),
+        ("CertificateArn", CERTIFICATE, True),
+        ("CertificateArn", "arn:aws:iam::123456789012:server-certificate/x", False),
+        ("HostedZoneId", "", True),
+        ("HostedZoneId", ZONE, True),
+        ("HostedZoneId", "id.example.com", False),
+        ("AlarmTopicArn", "", True),
+        ("AlarmTopicArn", "arn:aws:sns:us-east-1:123456789012:oidc-broker-alarms", True),
+        ("AlarmTopicArn", "arn:aws:sqs:us-east-1:123456789012:queue", False),
+    ],
+)
+def test_the_optional_arn_and_zone_parameters_take_empty_or_their_own_kind(template, parameter, value, allowed):
+    pattern = template["Parameters"][parameter]["AllowedPattern"]
+    assert template["Parameters"][parameter]["Default"] == ""
+    assert (re.fullmatch(pattern, value) is not None) is allowed
+
+
+def test_the_outputs_name_the_issuer_url_and_the_api_url(template):
+    outputs = template["Outputs"]
+    assert outputs["IssuerUrl"]["Value"]["Fn::If"][:2] == ["HasIssuerUrl", {"Ref": "IssuerUrl"}]
+    assert outputs["ApiUrl"]["Value"]["Fn::If"][:2] == ["HasCustomDomain", {"Ref": "IssuerUrl"}]
+
+
+# --- alarms ---------------------------------------------------------------------------------
+
+# Metrics AWS publishes by itself (namespace, name).
+AWS_METRICS = {("AWS/ApiGateway", "5xx"), ("AWS/ApiGateway", "Count"), ("AWS/Usage", "CallCount")}
+# Metrics of functions not written yet; their alarms must stay OK while there is no data.
+PLANNED_METRICS = {"RefreshFailures", "KeyRotationAge"}
+
+
+def _emitted_broker_metrics() -> set[str]:
+    names = set()
+    for path in [*(REPO / "layers" / "broker").rglob("*.py"), *(REPO / "functions").rglob("*.py")]:
+        names |= set(re.findall(r"""add_metric\(\s*name\s*=\s*["'](\w+)["']""", path.read_text()))
+    return names
+
+
+def _alarm_metrics(alarm: dict) -> list[tuple[str, str, dict[str, str]]]:
+    """(namespace, metric, dimensions) of everything an alarm reads, Metrics Insights included."""
+    props = alarm["Properties"]
+    if "MetricName" in props:
+        return [(props["Namespace"], props["MetricName"], {d["Name"]: d["Value"] for d in props.get("Dimensions", [])})]
+    found = []
+    for query in props["Metrics"]:
+        if "MetricStat" in query:
+            metric = query["MetricStat"]["Metric"]
+            found.append((metric["Namespace"], metric["MetricName"], {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}))
+        elif str(query["Expression"]).startswith("SELECT"):
+            m = re.fullmatch(
+                r"SELECT SUM\((\w+)\) FROM SCHEMA\((\w+), ([\w, ]+)\) WHERE (\w+) = '([\w-]+)'", query["Expression"]
+            )
+            assert m, query["Expression"]
+            name, namespace, schema, key, value = m.groups()
+            found.append((namespace, name, {"schema": schema, key: value}))
+    return found
+
+
+def _alarms(template: dict) -> dict[str, dict]:
+    return _resources(template, "AWS::CloudWatch::Alarm")
+
+
+def test_the_alarms_cover_errors_kms_refusals_refresh_and_rotation(template):
+    assert set(_alarms(template)) == {
+        "ApiErrorRateAlarm", "KmsThrottlingAlarm", "RefusalsAlarm", "RefreshFailuresAlarm", "KeyRotationOverdueAlarm",
+    }
+
+
+def test_every_alarm_watches_a_metric_that_aws_or_the_broker_emits(template):
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    emitted = _emitted_broker_metrics()
+    assert {"Refusals", "Failures", "TokensMinted"} <= emitted, emitted
+    for name, alarm in _alarms(template).items():
+        metrics = _alarm_metrics(alarm)
+        assert metrics, name
+        for namespace, metric, dimensions in metrics:
+            if namespace.startswith("AWS/"):
+                assert (namespace, metric) in AWS_METRICS, (name, namespace, metric)
+                continue
+            assert namespace == variables["POWERTOOLS_METRICS_NAMESPACE"], name
+            assert dimensions.get("service") == variables["POWERTOOLS_SERVICE_NAME"], name
+            assert metric in emitted | PLANNED_METRICS, (name, metric)
+            if metric not in emitted:
+                # Until its function exists, no data must keep the alarm OK.
+                assert alarm["Properties"]["TreatMissingData"] == "notBreaching", name
+
+
+def test_the_refusals_alarm_sums_every_reason_of_the_metric_as_emitted(template):
+    # Refusals are emitted with dimensions [reason, service]: a plain metric alarm on
+    # service alone would read a series that does not exist and never fire.
+    ((namespace, metric, dimensions),) = _alarm_metrics(template["Resources"]["RefusalsAlarm"])
+    assert (namespace, metric) == ("OidcBroker", "Refusals")
+    assert {d.strip() for d in dimensions["schema"].split(",")} == {"reason", "service"}
+    observe = (REPO / "layers" / "broker" / "oidc_broker" / "observe.py").read_text()
+    assert 'add_dimension(name="reason"' in observe
+
+
+def test_the_kms_alarm_reads_the_usage_of_the_rsa_quota_that_signing_counts_against(template):
+    ((namespace, metric, dimensions),) = _alarm_metrics(template["Resources"]["KmsThrottlingAlarm"])
+    assert (namespace, metric) == ("AWS/Usage", "CallCount")
+    assert dimensions == {"Service": "KMS", "Type": "API", "Resource": "CryptographicOperationsRsa", "Class": "None"}
+    assert template["Resources"]["SigningKey"]["Properties"]["KeySpec"].startswith("RSA_")
+
+
+def test_the_api_alarm_reads_this_stacks_api(template):
+    for namespace, _, dimensions in _alarm_metrics(template["Resources"]["ApiErrorRateAlarm"]):
+        assert namespace == "AWS/ApiGateway"
+        assert dimensions == {"ApiId": {"Ref": "HttpApi"}}
+
+
+def test_every_alarm_stays_ok_without_data_and_notifies_the_topic_only_when_given(template):
+    actions = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    for name, alarm in _alarms(template).items():
+        props = alarm["Properties"]
+        assert props["TreatMissingData"] == "notBreaching", name
+        assert props["AlarmActions"] == props["OKActions"] == actions, name
+        assert props.get("AlarmDescription"), name
