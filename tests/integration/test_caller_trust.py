@@ -403,3 +403,13 @@ def test_no_hostile_request_caused_a_5xx(broker):
     assert re.search(r"^local: POST /token 400", logs, re.M), "the adapter's access lines are missing"
     assert not re.search(r"^local: \S+ \S+ 5\d\d", logs, re.M)
     assert "Traceback" not in logs
+
+
+@pytest.mark.parametrize("shift", [{"nbf": 60}, {"iat": 60}, {"exp": -50}],
+                         ids=["nbf-at-leeway", "iat-at-leeway", "exp-just-inside-leeway"])
+def test_time_claims_at_the_leeway_are_accepted(broker, hostile, shift):
+    now = int(time.time())
+    claims = hostile.claims(broker.base_url, iat=now + shift.get("iat", -100), exp=now + shift.get("exp", 300))
+    claims["nbf"] = now + shift["nbf"] if "nbf" in shift else claims["iat"]
+    response = exchange(broker, hostile.sign(claims))
+    assert response.status_code == 200, response.text
