@@ -69,12 +69,7 @@ def form(event: dict[str, Any]) -> dict[str, str]:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("request body is not a valid form", "malformed_body") from None
-    params: dict[str, str] = {}
-    for name, value in pairs:
-        if name in params:
-            raise InvalidRequest(f"parameter {name!r} is repeated", "repeated_parameter")
-        params[name] = value
-    return params
+    return _no_repeats(pairs)
 
 
 def token_request(event: dict[str, Any]) -> TokenRequest:
@@ -158,10 +153,11 @@ def _bearer(event: dict[str, Any]) -> str:
 
 
 def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Form parameters or JSON members as a dict; a name given twice is refused, never resolved."""
     document: dict[str, Any] = {}
     for name, value in pairs:
         if name in document:
-            raise InvalidRequest(f"field {name!r} is repeated", "repeated_parameter")
+            raise InvalidRequest(f"parameter {name!r} is repeated", "repeated_parameter")
         document[name] = value
     return document
 
