@@ -12,6 +12,9 @@ from moto.server import ThreadedMotoServer
 from oidc_broker.store import AlreadyUsed, Grant, Store
 from oidc_broker_cli.local import free_port
 
+# moto keeps one state per process, shared by every server it runs: a name of this module's own.
+TABLE = "store-concurrency"
+
 
 @pytest.fixture(scope="module")
 def endpoint():
@@ -20,7 +23,7 @@ def endpoint():
     server.start()
     url = f"http://127.0.0.1:{port}"
     client(url).create_table(
-        TableName="broker", BillingMode="PAY_PER_REQUEST",
+        TableName=TABLE, BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
     )
@@ -43,7 +46,7 @@ def test_concurrent_double_spends_of_one_caller_token_record_exactly_one_grant(e
     start = threading.Barrier(16)
 
     def spend(i: int) -> bool:
-        store = Store(client(endpoint), "broker")  # one client per "container"
+        store = Store(client(endpoint), TABLE)  # one client per "container"
         start.wait()
         try:
             store.record_grant(grant(f"minted-{i}"))
@@ -57,7 +60,7 @@ def test_concurrent_double_spends_of_one_caller_token_record_exactly_one_grant(e
 
 
 def test_the_same_caller_token_may_be_spent_once_on_each_target(endpoint):
-    store = Store(client(endpoint), "broker")
+    store = Store(client(endpoint), TABLE)
     store.record_grant(grant("a", target="default/other-1"))
     store.record_grant(grant("b", target="default/other-2"))
     with pytest.raises(AlreadyUsed):
@@ -67,7 +70,7 @@ def test_the_same_caller_token_may_be_spent_once_on_each_target(endpoint):
 def test_withdrawing_a_grant_removes_only_the_one_it_recorded(endpoint):
     from botocore.exceptions import ClientError
 
-    store = Store(client(endpoint), "broker")
+    store = Store(client(endpoint), TABLE)
     first = grant("w1", target="default/withdraw")
     store.record_grant(first)
     with pytest.raises(ClientError):  # another request's grant for the same key is left alone
