@@ -254,8 +254,6 @@ def test_json_response_takes_a_cache_control_and_extra_headers():
         (errors.UnsupportedGrantType, 400, "unsupported_grant_type"),
         (errors.InvalidGrant, 400, "invalid_grant"),
         (errors.InvalidTarget, 400, "invalid_target"),
-        (errors.NotFound, 404, "not_found"),
-        (errors.MethodNotAllowed, 405, "method_not_allowed"),
         (errors.ServerError, 500, "server_error"),
         (errors.TemporarilyUnavailable, 503, "temporarily_unavailable"),
         (errors.Unauthorized, 401, "invalid_request"),

@@ -13,7 +13,7 @@ from oidc_broker.config import Target
 TARGET = Target(space="acme", name="prod", kind="account", provider="aws", audience="sts.amazonaws.com",
                 subject_keys=("space", "environment", "account"), lifetime=900)
 SUBJECT = subject.build(TARGET.subject_keys, {"space": "acme", "environment": "production", "account": "prod"}, "aws")
-CALLER = tokens.Caller(issuer="https://ci.example.com", subject="repo:acme/app:ref:refs/heads/main", rule="deploy")
+CALLER = tokens.Caller(issuer="https://ci.example.com", subject="repo:acme/app:ref:refs/heads/main")
 
 
 def make_claims(**kwargs):

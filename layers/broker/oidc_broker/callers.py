@@ -30,7 +30,6 @@ from .subject import is_slug
 # Asymmetric algorithms only, each bound to the key type (and curve) that may verify it.
 # Every CI issuer the presets cover signs with RS256.
 ALGORITHMS = {"RS256": ("RSA", None), "ES256": ("EC", "P-256")}
-LEEWAY = 60
 MAX_TOKEN_BYTES = 16 * 1024
 JWKS_TIMEOUT = 5.0
 MAX_DOCUMENT_BYTES = 256 * 1024

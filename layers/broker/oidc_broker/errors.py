@@ -42,16 +42,6 @@ class InvalidTarget(BrokerError):
     error = "invalid_target"
 
 
-class NotFound(BrokerError):
-    status = 404
-    error = "not_found"
-
-
-class MethodNotAllowed(BrokerError):
-    status = 405
-    error = "method_not_allowed"
-
-
 class ServerError(BrokerError):
     """The broker cannot serve the request; the caller did nothing wrong."""
 

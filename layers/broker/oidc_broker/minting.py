@@ -107,7 +107,7 @@ class Broker:
             raise ServerError("the key ring has no active signing key", "no_signing_key")
         issued_at = int(self._clock())
         caller, target, rule = auth.caller, auth.target, auth.rule
-        actor = tokens.Caller(issuer=caller.issuer.issuer, subject=caller.subject, rule=rule.name)
+        actor = tokens.Caller(issuer=caller.issuer.issuer, subject=caller.subject)
         body = tokens.claims(issuer=auth.issuer, target=target, subject=auth.subject, caller=actor, now=issued_at,
                              jti=str(uuid.uuid4()))
         message = tokens.signing_input(tokens.header(key.kid), body)

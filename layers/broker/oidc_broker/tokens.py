@@ -31,11 +31,10 @@ def _json(value: Any) -> bytes:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asked: the caller token's issuer and subject, and the trust rule that admitted it."""
+    """Who asked: the caller token's issuer and subject."""
 
     issuer: str
     subject: str
-    rule: str
 
 
 def claims(*, issuer: str, target: Target, subject: Subject, caller: Caller, now: int, jti: str | None = None) -> dict[str, Any]:
