@@ -13,12 +13,15 @@ class BrokerError(Exception):
     error = "invalid_request"
     headers: dict[str, str] = {}  # extra response headers (Retry-After, WWW-Authenticate)
 
-    def __init__(self, description: str, reason: str | None = None):
+    def __init__(self, description: str, reason: str | None = None, *, log: dict[str, object] | None = None):
         super().__init__(description)
         self.description = description
         self.reason = reason or self.error
         # Log keys naming the caller, once its token is verified (observe.caller_keys).
         self.caller: dict[str, str] | None = None
+        # What the operator needs and the caller must not see (a fetch error, configured values):
+        # logged with the refusal, never part of the response.
+        self.log: dict[str, object] = dict(log or {})
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
@@ -79,6 +82,7 @@ class CloudError(BrokerError):
 class Throttled(TemporarilyUnavailable):
     """Try again later: a cloud throttled us, or another request is obtaining the same credentials."""
 
-    def __init__(self, description: str, reason: str | None = None, retry_after: int = 1):
-        super().__init__(description, reason)
+    def __init__(self, description: str, reason: str | None = None, retry_after: int = 1, *,
+                 log: dict[str, object] | None = None):
+        super().__init__(description, reason, log=log)
         self.headers = {"Retry-After": str(int(retry_after))}

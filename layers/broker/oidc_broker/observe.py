@@ -23,7 +23,7 @@ def refused(logger: Any, metrics: Any, error: BrokerError, operation: str) -> di
 
     if error.caller:
         logger.append_keys(**error.caller)
-    details = {"reason": error.reason, "error": error.error, "error_description": error.description}
+    details = {**error.log, "reason": error.reason, "error": error.error, "error_description": error.description}
     metrics.add_dimension(name="reason", value=error.reason)
     if error.status >= 500:
         logger.error(f"{operation} unavailable", extra=details)
