@@ -82,7 +82,8 @@ class Broker:
         """Verify the caller, admit it to the target, build the subject. Records and signs nothing."""
         config = self._config()
         if config.issuer != issuer:
-            raise ServerError("the broker's configuration names another issuer than this deployment", "issuer_mismatch")
+            raise ServerError("the broker's configuration names another issuer than this deployment", "issuer_mismatch",
+                              log={"configured_issuer": config.issuer, "deployment_issuer": issuer})
         now = self._clock()
         caller = callers.verify(subject_token, config, self._caller_keys, now)
         try:

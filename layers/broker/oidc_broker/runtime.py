@@ -55,7 +55,9 @@ def load_config(source) -> config_module.Config:
     try:
         return config_module.parse(item["document"], item["source"], allow_loopback_http=allow_loopback_http())
     except config_module.ConfigError as e:
-        raise ServerError("the applied configuration is invalid", "invalid_config") from e
+        # The operator reads what is wrong in the log; the caller learns only that it is the broker's fault.
+        raise ServerError("the applied configuration is invalid", "invalid_config",
+                          log={"config_source": e.source, "config_problems": [f"{p}: {r}" for p, r in e.problems][:50]}) from e
 
 
 def broker(source=None, kms=None):
