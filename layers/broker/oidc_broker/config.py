@@ -105,6 +105,11 @@ DEFAULT_LEEWAY = 60
 MAX_LEEWAY = 300
 DEFAULT_MAX_TOKEN_AGE = 3600
 MAX_TOKEN_AGE = 24 * 3600
+# How long the last good key set of a trusted issuer may stand in for a fresh fetch: past it a
+# key the issuer has removed must stop being trusted, so the broker refuses instead.
+DEFAULT_MAX_KEY_SET_AGE = 3 * 3600
+MIN_MAX_KEY_SET_AGE = 15 * 60
+MAX_MAX_KEY_SET_AGE = 24 * 3600
 
 
 class ConfigError(ValueError):
@@ -124,6 +129,9 @@ class TrustedIssuer:
     preset: presets.Preset = presets.GENERIC
     leeway: int = DEFAULT_LEEWAY  # seconds allowed on exp, nbf and iat
     max_token_age: int = DEFAULT_MAX_TOKEN_AGE  # a token older than this (by iat) is refused
+    max_key_set_age: int = DEFAULT_MAX_KEY_SET_AGE  # the last good key set is trusted this long
+    # The issuer serves one organisation only (self-hosted): rules need not pin a tenant ID.
+    single_tenant: bool = False
 
 
 @dataclass(frozen=True)
@@ -346,7 +354,7 @@ def _seconds(p: _Problems, item: dict, key: str, path: str, default: int, low: i
 
 
 def _parse_trusted_issuer(p: _Problems, item: object, path: str, allow_loopback_http: bool) -> TrustedIssuer | None:
-    known = {"name", "issuer", "jwks_uri", "preset", "leeway", "max_token_age"}
+    known = {"name", "issuer", "jwks_uri", "preset", "leeway", "max_token_age", "max_key_set_age", "single_tenant"}
     item = p.mapping(item, path, known, {"name", "issuer"})
     name, url, jwks_uri = item.get("name"), item.get("issuer"), item.get("jwks_uri")
     ok = (p.slug(name, f"{path}.name") if "name" in item else False) and "issuer" in item
@@ -362,10 +370,16 @@ def _parse_trusted_issuer(p: _Problems, item: object, path: str, allow_loopback_
         ok = False
     leeway = _seconds(p, item, "leeway", path, DEFAULT_LEEWAY, 0, MAX_LEEWAY)
     max_age = _seconds(p, item, "max_token_age", path, DEFAULT_MAX_TOKEN_AGE, 60, MAX_TOKEN_AGE)
-    if not ok or leeway is None or max_age is None:
+    key_set_age = _seconds(p, item, "max_key_set_age", path, DEFAULT_MAX_KEY_SET_AGE, MIN_MAX_KEY_SET_AGE,
+                           MAX_MAX_KEY_SET_AGE)
+    single_tenant = item.get("single_tenant", False)
+    if not isinstance(single_tenant, bool):
+        p.add(f"{path}.single_tenant", "must be true or false")
+        ok = False
+    if not ok or leeway is None or max_age is None or key_set_age is None:
         return None
     preset = presets.PRESETS[preset_name] if preset_name else presets.for_issuer(url)
-    return TrustedIssuer(name, url, jwks_uri, preset, leeway, max_age)
+    return TrustedIssuer(name, url, jwks_uri, preset, leeway, max_age, key_set_age, single_tenant)
 
 
 def _parse_targets(p: _Problems, value: object, path: str, space: str) -> dict[str, Target]:
