@@ -6,18 +6,26 @@ CHECKOV := .venv-checkov
 PORT   ?= 3000
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test unit bench venv tools checkov interop build deploy clean
+.PHONY: run test unit bench venv tools checkov interop lock build deploy clean
 
 venv: $(VENV)/.installed
 tools: $(TOOLS)/.installed
 checkov: $(CHECKOV)/.installed
 interop: tests/interop/node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml layers/broker/requirements.txt
+# Exactly the pinned versions, each file checked against its hash; then the project, adding nothing.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --require-hashes -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
+
+# Re-pin after editing pyproject's dependencies: requirements.lock, then the layer's requirements.txt
+# cut from it. Pins stay where they are unless named: `make lock UPGRADE="cryptography pyjwt"`, or
+# UPGRADE=all for every one.
+lock: tools
+	$(TOOLS)/bin/python tools/lock.py $(if $(UPGRADE),--upgrade $(filter-out all,$(UPGRADE)))
 
 # SAM CLI and cfn-lint pin their own boto3; they live apart from the app's environment.
 $(TOOLS)/.installed: requirements-tools.txt

@@ -18,6 +18,10 @@ def handler(event, context):
     except Exception:
         logger.exception("key ring unavailable")
         return api.unexpected_error()
+    for entry, reason in key_ring.refused():
+        # A ring item of a key the stack did not create: someone wrote the table who should not.
+        logger.warning("key ring entry not published", extra={"kid": entry.kid, "key_arn": entry.key_arn,
+                                                               "state": entry.state, "reason": reason})
     if not jwks["keys"]:
         # Never let a verifier cache an empty key set.
         logger.error("key ring has no published key", extra={"reason": "empty_key_ring"})

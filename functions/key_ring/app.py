@@ -1,10 +1,11 @@
-"""Custom::KeyRing: registers the stack's KMS signing key in the key ring on Create and Update."""
+"""Custom::KeyRing: on Create and Update, registers the stack's KMS signing key in the key ring and
+records the deployment's issuer URL, which `oidc-broker apply` checks a configuration against."""
 
 import time
 
 from aws_lambda_powertools import Logger
 
-from oidc_broker import cfn, keys, runtime
+from oidc_broker import cfn, config, keys, runtime
 
 logger = Logger()
 
@@ -18,9 +19,15 @@ def handler(event, context):
         if request_type in ("Create", "Update"):
             import boto3
 
-            key_arn = event["ResourceProperties"]["KeyArn"]
-            entry = keys.register(runtime.store(), boto3.client("kms"), key_arn, int(time.time()))
+            properties = event["ResourceProperties"]
+            issuer = properties["IssuerUrl"]
+            if why := config.url_problem(issuer, allow_loopback_http=runtime.allow_loopback_http()):
+                raise ValueError(f"IssuerUrl {issuer!r}: {why}")
+            store, now = runtime.store(), int(time.time())
+            entry = keys.register(store, boto3.client("kms"), properties["KeyArn"], now)
             logger.info("signing key registered", extra={"kid": entry.kid, "state": entry.state})
+            store.put_deployment(issuer, now)
+            logger.info("deployment issuer recorded", extra={"issuer": issuer})
             data = {"Kid": entry.kid, "State": entry.state}
             physical_id = f"key-ring-{entry.kid}"
         # Delete leaves the ring alone: tokens signed with its keys must stay verifiable.

@@ -2,7 +2,9 @@
 
 Each path prefix is one issuer: /gh (a well-behaved GitHub-like issuer with an RSA and an EC key),
 /slow (answers after 6 s), /huge (a 1 MB key set), /empty (no keys), /redirect (sends the
-key set request to another host), /rotating (publishes whichever key the test chose), /liar (its discovery names /gh).
+key set request to another host), /rotating (publishes whichever key the test chose), /liar (its discovery names /gh),
+/trickle (headers at once, then the body a byte every TRICKLE s), /trickle-head (the status line and headers too),
+/sluggish (each document after 2 s: each within a read timeout, both together past the fetch deadline).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from oidc_broker_cli.local import free_port
+
+TRICKLE = 0.5  # seconds between bytes: a whole document would take minutes
 
 
 def b64(data: bytes) -> str:
@@ -111,6 +115,8 @@ class HostileIssuer:
                 issuer.fetches[f"{name}/{rest}"] = issuer.fetches.get(f"{name}/{rest}", 0) + 1
                 if name == "slow":
                     time.sleep(6)
+                if name == "sluggish":
+                    time.sleep(2)
                 discovery, keys = issuer._documents(name)
                 if name == "redirect" and rest == "jwks":
                     self.send_response(302)
@@ -127,6 +133,9 @@ class HostileIssuer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if name.startswith("trickle"):
+                    self._trickle(body, head=name == "trickle-head")
+                    return
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -134,6 +143,19 @@ class HostileIssuer:
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:
+                    pass
+
+            def _trickle(self, body: bytes, head: bool) -> None:
+                header = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode()
+                self.close_connection = True
+                try:
+                    if not head:
+                        self.wfile.write(header)
+                    for byte in (header + body if head else body):
+                        time.sleep(TRICKLE)
+                        self.wfile.write(bytes([byte]))
+                except OSError:  # the broker gave up and closed the connection
                     pass
 
         return Handler

@@ -28,7 +28,7 @@ spaces:
     trust:
       - name: app-main
         issuer: github
-        claims: {repository: acme/app, ref: refs/heads/main}
+        claims: {repository_owner_id: "7", repository: acme/app, ref: refs/heads/main}
         targets: [prod-ecr]
 """
 
@@ -46,6 +46,9 @@ def aws():
     client.create_table(TableName="broker", BillingMode="PAY_PER_REQUEST",
                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}])
+    # What the stack's key ring custom resource records at every deploy: the deployment's issuer.
+    client.put_item(TableName="broker", Item={"pk": {"S": "DEPLOYMENT"}, "sk": {"S": "CURRENT"},
+                                              "issuer": {"S": "https://id.example.com"}, "recorded_at": {"N": "1"}})
     yield env, client
     server.stop()
 
@@ -109,6 +112,85 @@ def test_apply_writes_nothing_when_anything_is_invalid(aws, tmp_path):
     assert stored(client) == before
 
 
+# The deployment's issuer checks use a file of their own, valid on every other count.
+DEPLOYED = """
+issuer: https://id.example.com
+trusted_issuers:
+  - name: github
+    issuer: https://token.actions.githubusercontent.com
+spaces:
+  - name: default
+    targets:
+      - name: prod-ecr
+        kind: feed
+        provider: aws
+        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
+    trust:
+      - name: app-main
+        issuer: github
+        claims: {repository_id: "1", ref: refs/heads/main}
+        targets: [prod-ecr]
+"""
+
+
+def test_apply_refuses_a_configuration_naming_another_issuer_than_the_deployments(aws, tmp_path):
+    env, client = aws
+    good = tmp_path / "good.yaml"
+    good.write_text(DEPLOYED)
+    assert cli(env, "apply", str(good)).returncode == 0
+    before = stored(client)
+    path = tmp_path / "broker.yaml"
+    path.write_text(DEPLOYED.replace("issuer: https://id.example.com", "issuer: https://elsewhere.example.com"))
+    result = cli(env, "apply", str(path))
+    assert result.returncode == 2
+    assert (f"{path}: issuer: is https://elsewhere.example.com, but this deployment's issuer is "
+            "https://id.example.com") in result.stderr
+    assert "nothing was written" in result.stderr
+    assert stored(client) == before
+
+
+def test_apply_refuses_a_stated_issuer_the_deployment_contradicts(aws, tmp_path):
+    env, client = aws
+    before = stored(client)
+    path = tmp_path / "broker.yaml"
+    path.write_text(DEPLOYED.replace("issuer: https://id.example.com", "issuer: https://elsewhere.example.com"))
+    result = cli(env, "apply", str(path), "--issuer", "https://elsewhere.example.com")
+    assert result.returncode == 2
+    assert "--issuer is https://elsewhere.example.com, but this deployment's issuer is https://id.example.com" in result.stderr
+    assert stored(client) == before
+
+
+def test_apply_to_a_stack_that_records_no_issuer_needs_it_stated(aws, tmp_path):
+    env, client = aws
+    client.create_table(TableName="older", BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}])
+    config = {"TableName": "older", "Key": {"pk": {"S": "CONFIG"}, "sk": {"S": "CURRENT"}}}
+    path = tmp_path / "broker.yaml"
+    path.write_text(DEPLOYED)
+    result = cli(env, "apply", str(path), "--table", "older")
+    assert result.returncode == 2
+    assert "redeploy the stack, or state it with --issuer URL" in result.stderr
+    assert "Item" not in client.get_item(**config)
+    result = cli(env, "apply", str(path), "--table", "older", "--issuer", "https://other.example.com")
+    assert result.returncode == 2
+    assert "issuer: is https://id.example.com, but this deployment's issuer is https://other.example.com" in result.stderr
+    assert "Item" not in client.get_item(**config)
+    result = cli(env, "apply", str(path), "--table", "older", "--issuer", "https://id.example.com")
+    assert result.returncode == 0, result.stderr
+    assert "Item" in client.get_item(**config)
+
+
+def test_apply_reports_a_missing_table_in_one_line(aws, tmp_path):
+    env, _ = aws
+    path = tmp_path / "broker.yaml"
+    path.write_text(DEPLOYED)
+    result = cli(env, "apply", str(path), "--table", "no-such-table")
+    assert result.returncode == 2
+    assert "oidc-broker apply: no-such-table:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_apply_refuses_loopback_http_issuers_outside_local_mode(aws, tmp_path):
     env, _ = aws
     path = tmp_path / "broker.yaml"
@@ -145,10 +227,41 @@ def test_validate_warns_about_a_claim_the_issuer_never_sends(tmp_path):
 
 def test_validate_refuses_a_rule_without_claim_conditions(tmp_path):
     path = tmp_path / "broker.yaml"
-    path.write_text(GOOD.replace("claims: {repository: acme/app, ref: refs/heads/main}", "claims: {}"))
+    path.write_text(GOOD.replace('claims: {repository_owner_id: "7", repository: acme/app, ref: refs/heads/main}', "claims: {}"))
     result = cli(os.environ.copy(), "validate", str(path))
     assert result.returncode == 2
     assert "trust[0].claims: must be a mapping with at least one claim condition" in result.stderr
+
+
+@pytest.mark.parametrize("claims", ["{event_name: push}", "{environment: production}", '{ref_protected: "true"}',
+                                    '{job_workflow_ref: "*/*/.github/workflows/deploy.yml@refs/heads/main"}',
+                                    '{repository_owner_id: "7*", repository: acme/app}'])
+def test_validate_refuses_a_rule_that_admits_every_github_customer(tmp_path, claims):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace('{repository_owner_id: "7", repository: acme/app, ref: refs/heads/main}', claims))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 2
+    assert "trust[0].claims: pins no tenant, so it admits any GitHub Actions customer's pipelines" in result.stderr
+    assert "match 'repository_id' or 'repository_owner_id' with exact values" in result.stderr
+
+
+def test_validate_accepts_an_unpinned_rule_on_a_single_tenant_issuer(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("issuer: https://token.actions.githubusercontent.com",
+                                 "issuer: https://ghes.example.com/_services/token\n    single_tenant: true")
+                        .replace('{repository_owner_id: "7", repository: acme/app, ref: refs/heads/main}',
+                                 "{environment: production}"))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_validate_warns_about_a_glob_that_cannot_cross_a_slash(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(GOOD.replace("ref: refs/heads/main}", "ref: 'refs/heads/*'}"))
+    result = cli(os.environ.copy(), "validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert ("claims.ref: '*' never matches '/' or ':', so 'refs/heads/*' matches 'refs/heads/main' "
+            "but not 'refs/heads/feature/login'") in result.stderr
 
 
 def test_validate_refuses_a_numeric_id_github_sends_as_a_string(tmp_path):
@@ -220,6 +333,45 @@ def test_explain_says_when_the_signature_does_not_verify(tmp_path, hostile):
                  "--target", "default/deploy", forged)
     assert result.returncode == 1
     assert "signature  FAIL: subject_token signature is not valid" in result.stdout
+    assert "ADMITS" not in result.stdout and "would mint" not in result.stdout
+    assert "rule main: claims match, but the token is not valid" in result.stdout
+
+
+def test_explain_never_admits_an_expired_token_even_without_verifying(tmp_path, hostile):
+    import time
+
+    now = int(time.time())
+    expired = hostile.sign(hostile.claims("https://id.example.com", environment="production",
+                                          iat=now - 900, nbf=now - 900, exp=now - 600))
+    result = cli(os.environ.copy(), "explain", "--no-verify", "--config", str(explain_config(tmp_path, hostile)),
+                 "--allow-loopback-http", "--target", "default/deploy", expired)
+    assert result.returncode == 1
+    assert "time       FAIL: subject_token has expired" in result.stdout
+    assert "ADMITS" not in result.stdout and "would mint" not in result.stdout
+    assert "claims match, but the token is not valid" in result.stdout
+
+
+def test_explain_without_verifying_is_not_a_success(tmp_path, hostile):
+    token = hostile.sign(hostile.claims("https://id.example.com", environment="production"))
+    result = cli(os.environ.copy(), "explain", "--no-verify", "--config", str(explain_config(tmp_path, hostile)),
+                 "--allow-loopback-http", "--target", "default/deploy", token)
+    assert result.returncode == 1
+    assert "the signature was not verified" in result.stdout
+
+
+def test_explain_exits_2_for_a_target_that_does_not_exist(tmp_path, hostile):
+    token = hostile.sign(hostile.claims("https://id.example.com"))
+    result = cli(os.environ.copy(), "explain", "--no-verify", "--config", str(explain_config(tmp_path, hostile)),
+                 "--allow-loopback-http", "--target", "default/nope", token)
+    assert result.returncode == 2
+
+
+def test_explain_help_documents_its_exit_codes():
+    result = cli(os.environ.copy(), "explain", "--help")
+    assert result.returncode == 0
+    assert "exit codes:" in result.stdout
+    for code in ("  0  a trust rule admits", "  1  not admitted", "  2  usage or configuration error"):
+        assert code in result.stdout
 
 
 TRUST = GOOD.replace(
@@ -255,6 +407,21 @@ def test_trust_policy_prints_the_policy_for_every_subject_a_target_can_get(tmp_p
     assert statement["Condition"]["StringEquals"] == {"id.example.com:aud": "sts.amazonaws.com"}
     assert statement["Condition"]["StringLike"]["id.example.com:sub"] == [
         "space:default:environment:*:account:deploy",
+        "space:default:environment:staging:account:deploy",
+    ]
+
+
+def test_trust_policy_names_each_value_a_rule_pins_instead_of_a_star(tmp_path):
+    path = tmp_path / "broker.yaml"
+    path.write_text(TRUST.replace('claims: {repository_id: "1", ref: refs/heads/main}',
+                                  'claims: {repository_id: "1", ref: refs/heads/main, environment: [production, Prod, eu-west]}'))
+    result = cli(os.environ.copy(), "trust-policy", "aws", "--target", "default/deploy", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    condition = json.loads(result.stdout)["Statement"][0]["Condition"]
+    assert "StringLike" not in condition
+    assert condition["StringEquals"]["id.example.com:sub"] == [
+        "space:default:environment:eu-west:account:deploy",
+        "space:default:environment:production:account:deploy",
         "space:default:environment:staging:account:deploy",
     ]
 

@@ -12,7 +12,8 @@ import time
 
 import boto3
 import pytest
-from conftest import ROOT, start_local, stop_local
+from botocore.exceptions import ClientError
+from localmode import ROOT, start_local, stop_local
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 MAIN = {"repository": "acme/app", "ref": "refs/heads/main"}
@@ -56,6 +57,28 @@ def test_a_feed_target_gets_docker_credentials_for_its_ecr_registry(local):
     assert body["registry"] == "https://123456789012.dkr.ecr.us-east-1.amazonaws.com"
     assert body["username"] == "AWS" and body["password"]
     assert RFC3339.fullmatch(body["expires_at"])
+
+
+def test_an_ecr_public_feed_gets_docker_credentials_for_public_ecr_aws(local):
+    # moto has no ECR Public: this was 503 with Retry-After (moto's HTML 500 page), forever.
+    body = exchanged(local, "default/prod-public")
+    assert set(body) == {"registry", "username", "password", "expires_at"}
+    assert body["registry"] == "public.ecr.aws" and body["username"] == "AWS" and body["password"]
+    assert RFC3339.fullmatch(body["expires_at"])
+
+
+def test_ecr_public_in_local_mode_accepts_only_credentials_that_sts_issued(local):
+    endpoint = re.search(r"ECR Public\s+(http://\S+)", local.logs()).group(1)
+    role = exchanged(local, "default/prod-deploy", environment="production")
+    signed = {"aws_access_key_id": role["access_key_id"], "aws_secret_access_key": role["secret_access_key"],
+              "aws_session_token": role["session_token"]}
+    public = boto3.client("ecr-public", region_name="us-east-1", endpoint_url=endpoint, **signed)
+    assert public.get_authorization_token()["authorizationData"]["authorizationToken"]
+    other = boto3.client("ecr-public", region_name="us-east-1", endpoint_url=endpoint,
+                         aws_access_key_id="local", aws_secret_access_key="local")
+    with pytest.raises(ClientError) as refused:
+        other.get_authorization_token()
+    assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
 
 
 def test_an_account_target_gets_role_credentials_that_aws_accepts_as_the_role(local):
@@ -104,6 +127,20 @@ def test_a_missing_bearer_is_401(local):
 @pytest.mark.parametrize("value", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "bearer  two-spaces", "token"])
 def test_a_malformed_authorization_header_is_401(local, value):
     refused(post(local, "default/prod-ecr", headers={"Authorization": value}), 401, "invalid_request")
+
+
+def test_two_authorization_headers_are_joined_as_api_gateway_does_and_refused(local):
+    # API Gateway joins a repeated header with commas; the last one must not silently win.
+    token = local.ci_token(**MAIN)
+    before = sum(r.get("reason") == "malformed_bearer" for r in local.log_records())
+    response = local.http.post("/exchange/aws", content=json.dumps({"target": "default/prod-ecr"}), headers=[
+        ("Content-Type", "application/json"),
+        ("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")])
+    refused(response, 401, "invalid_request", "Authorization must be")
+    time.sleep(0.05)  # the log line is written after the response
+    assert sum(r.get("reason") == "malformed_bearer" for r in local.log_records()) > before
+    # Nothing was consumed: the same CI token, sent once, is accepted.
+    assert post(local, "default/prod-ecr", token).status_code == 200
 
 
 def test_a_bearer_that_is_not_a_jwt_is_an_invalid_grant(local):
@@ -156,8 +193,9 @@ AWS_TARGETS = """
 @pytest.fixture(scope="module")
 def wrong_aws(tmp_path_factory):
     text = (ROOT / "examples" / "local.yaml").read_text()
+    assert text.count("    targets:\n") == 1 and text.count("targets: [prod-ecr, ") == 1
     text = text.replace("    targets:\n", "    targets:" + AWS_TARGETS, 1)
-    text = text.replace("targets: [prod-ecr, prod-acr, prod-gar]", "targets: [prod-ecr, prod-acr, prod-gar, other-team, foreign]")
+    text = text.replace("targets: [prod-ecr, ", "targets: [other-team, foreign, prod-ecr, ")
     directory = tmp_path_factory.mktemp("wrong-aws")
     config = directory / "broker.yaml"
     config.write_text(text)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import start_local, stop_local
+from localmode import start_local, stop_local
 
 MAIN = {"repository": "acme/app", "ref": "refs/heads/main"}
 

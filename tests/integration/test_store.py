@@ -79,3 +79,13 @@ def test_withdrawing_a_grant_removes_only_the_one_it_recorded(endpoint):
         store.record_grant(grant("w2", target="default/withdraw"))
     store.withdraw_grant(first)
     store.record_grant(grant("w3", target="default/withdraw"))  # usable again
+
+
+def test_a_shared_issuer_key_set_carries_its_fetch_time_and_a_ttl_of_its_max_age(endpoint):
+    store = Store(client(endpoint), TABLE)
+    keys = [{"kty": "RSA", "kid": "k1", "n": "x", "e": "AQAB"}]
+    store.put_issuer_keys("https://ci.example.com", keys, 1_800_000_000.5, 3 * 3600)
+    item = client(endpoint).scan(TableName=TABLE, FilterExpression="issuer = :i",
+                                 ExpressionAttributeValues={":i": {"S": "https://ci.example.com"}})["Items"][0]
+    assert int(item["ttl"]["N"]) == 1_800_000_000 + 3 * 3600 + 1
+    assert store.get_issuer_keys("https://ci.example.com") == (1_800_000_000.5, keys)

@@ -145,7 +145,82 @@ def test_sam_build_ships_the_core_and_its_dependencies_in_the_layer(tmp_path):
     assert all("cpython-311-aarch64" in name for name in compiled), compiled
 
 
-# --- permissions ----------------------------------------------------------------------------
+# --- permissions: functions' IAM policies ---------------------------------------------------
+
+TABLE = {"Fn::GetAtt": ["BrokerTable", "Arn"]}
+# The only DynamoDB actions a function may have: each names its partition key, so
+# dynamodb:LeadingKeys bounds it. Scan, Batch*, PartiQL and Transact* requests name none (or
+# several per call), and ForAllValues is vacuously true for a request without leading keys.
+ITEM_ACTIONS = {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem"}
+WRITE_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem",
+                 "dynamodb:TransactWriteItems", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate",
+                 "dynamodb:PartiQLDelete"}
+UNBOUNDED_ACTIONS = {"dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:TransactGetItems",
+                     "dynamodb:TransactWriteItems", "dynamodb:PartiQLSelect", "dynamodb:PartiQLInsert",
+                     "dynamodb:PartiQLUpdate", "dynamodb:PartiQLDelete", "dynamodb:ExecuteStatement",
+                     "dynamodb:BatchExecuteStatement", "dynamodb:ExecuteTransaction"}
+LEADING_KEY_OPERATORS = ("ForAllValues:StringEquals", "ForAllValues:StringLike")
+
+# Which partitions (pk values or StringLike patterns) each function may touch, and how. Store
+# (store.py) calls per function: the JWKS reads the ring; the minting functions read the
+# configuration and the ring, share trusted issuers' key sets and record grants; only the exchange
+# function caches credentials; only the key ring function adds keys and records the issuer.
+PARTITIONS = {
+    "JwksFunction": {"dynamodb:Query": ["KEYRING"]},
+    "TokenFunction": {
+        "dynamodb:GetItem": ["CONFIG", "ISSUERKEYS#*"],
+        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:PutItem": ["GRANT#*", "ISSUERKEYS#*"],
+        "dynamodb:DeleteItem": ["GRANT#*"],
+    },
+    "ExchangeAwsFunction": {
+        "dynamodb:GetItem": ["CACHE#*", "CONFIG", "ISSUERKEYS#*"],
+        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
+        "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
+    },
+    "KeyRingFunction": {"dynamodb:Query": ["KEYRING"], "dynamodb:PutItem": ["DEPLOYMENT", "KEYRING"]},
+}
+
+
+def _iam_like(pattern: str, value: str) -> bool:
+    """IAM's wildcard match (`*` any run, `?` one character), as StringLike and Action use it."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.IGNORECASE) is not None
+
+
+def _grants(statement: dict, action: str) -> bool:
+    """Whether an Allow statement's Action (patterns included) covers `action`."""
+    assert "NotAction" not in statement, statement
+    return statement["Effect"] == "Allow" and any(_iam_like(a, action) for a in _as_list(statement["Action"]))
+
+
+def _dynamodb_statements(function: dict) -> list[dict]:
+    return [s for s in _statements(function) if any(a.lower().startswith("dynamodb:") for a in _as_list(s["Action"]))]
+
+
+def _leading_keys(statement: dict) -> tuple[str, list[str]]:
+    """The statement's one dynamodb:LeadingKeys condition: (operator, values)."""
+    (operator, keys), = statement["Condition"].items()
+    (key, values), = keys.items()
+    assert key == "dynamodb:LeadingKeys", statement
+    return operator, _as_list(values)
+
+
+def _may_touch(statement: dict, partition: str) -> bool:
+    if not statement.get("Condition"):
+        return True  # unbounded: every partition
+    operator, values = _leading_keys(statement)
+    if operator == "ForAllValues:StringEquals":
+        return partition in values
+    return any(_iam_like(v, partition) for v in values)
+
+
+def test_every_policy_of_every_function_is_an_inline_document(template):
+    # SAM policy templates and managed policy names would grant what these tests cannot see.
+    for name, function in _functions(template).items():
+        for policy in function["Properties"].get("Policies", []):
+            assert isinstance(policy, dict) and set(policy) == {"Version", "Statement"}, (name, policy)
 
 
 def test_no_function_statement_allows_every_action_or_every_resource(template):
@@ -156,43 +231,200 @@ def test_no_function_statement_allows_every_action_or_every_resource(template):
             assert "*" not in _as_list(statement["Resource"]), (name, statement)
 
 
-def test_only_the_minting_functions_may_sign_and_only_rs256_with_the_signing_key(template):
-    signers = {}
+def test_every_dynamodb_statement_of_every_function_is_bounded_by_its_leading_keys(template):
+    found = 0
+    for name, function in _functions(template).items():
+        for statement in _dynamodb_statements(function):
+            found += 1
+            # The table itself: no index (the audit index is the operator's) and no other table.
+            assert statement["Resource"] == TABLE, (name, statement)
+            assert set(statement.get("Condition") or {}) <= set(LEADING_KEY_OPERATORS), (name, statement)
+            assert statement.get("Condition"), f"{name}: {statement.get('Sid')} names no dynamodb:LeadingKeys"
+            operator, values = _leading_keys(statement)
+            assert operator in LEADING_KEY_OPERATORS, (name, statement)
+            assert values and all(isinstance(v, str) and v.strip("*?") for v in values), (name, statement)
+    assert found >= 4
+
+
+def test_no_function_may_scan_batch_transact_or_use_partiql(template):
+    for name, function in _functions(template).items():
+        for statement in _dynamodb_statements(function):
+            actions = _as_list(statement["Action"])
+            # Exact action names only: a pattern such as dynamodb:*Item would also cover Batch*.
+            assert set(actions) <= ITEM_ACTIONS, (name, statement)
+            assert not any(_grants(statement, a) for a in UNBOUNDED_ACTIONS), (name, statement)
+
+
+def test_each_function_touches_only_the_partitions_it_owns(template):
+    seen = {}
+    for name, function in _functions(template).items():
+        for statement in _dynamodb_statements(function):
+            _, values = _leading_keys(statement)
+            for action in _as_list(statement["Action"]):
+                seen.setdefault(name, {}).setdefault(action, set()).update(values)
+    assert {n: {a: sorted(v) for a, v in actions.items()} for n, actions in seen.items()} == PARTITIONS
+
+
+def _writers(template: dict, partition: str) -> set[str]:
+    return {
+        name
+        for name, function in _functions(template).items()
+        for statement in _dynamodb_statements(function)
+        if any(_grants(statement, a) for a in WRITE_ACTIONS) and _may_touch(statement, partition)
+    }
+
+
+def test_only_the_key_ring_function_writes_the_key_ring(template):
+    assert _writers(template, "KEYRING") == {"KeyRingFunction"}
+    assert _writers(template, "DEPLOYMENT") == {"KeyRingFunction"}
+
+
+def test_no_function_writes_the_configuration(template):
+    # CONFIG is written by `oidc-broker apply` with the operator's credentials only.
+    assert _writers(template, "CONFIG") == set()
+
+
+def test_the_leading_key_matcher_sees_patterns_that_cover_a_partition():
+    # The checks above are only as good as this: a pattern or list that covers KEYRING is caught.
+    like = {"Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["K*G"]}}}
+    equals = {"Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["CONFIG", "KEYRING"]}}}
+    assert _may_touch(like, "KEYRING") and _may_touch(equals, "KEYRING")
+    assert not _may_touch({"Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["GRANT#*"]}}}, "KEYRING")
+    assert _grants({"Effect": "Allow", "Action": "dynamodb:Batch*"}, "dynamodb:BatchWriteItem")
+
+
+def test_the_token_function_reaches_the_table_but_not_its_indexes(template):
+    dynamodb = _dynamodb_statements(template["Resources"]["TokenFunction"])
+    actions = {a for s in dynamodb for a in _as_list(s["Action"])}
+    assert actions == {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem"}
+    assert all(s["Resource"] == TABLE for s in dynamodb)
+
+
+def test_the_discovery_function_gets_no_policies(template):
+    assert "Policies" not in template["Resources"]["DiscoveryFunction"]["Properties"]
+
+
+def test_the_exchange_function_reaches_only_the_table(template):
+    actions = {a for s in _statements(template["Resources"]["ExchangeAwsFunction"]) for a in _as_list(s["Action"])}
+    # STS AssumeRoleWithWebIdentity is unsigned; ECR is called with the assumed role's credentials;
+    # its KMS uses are granted in the key policies.
+    assert actions == {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem"}
+
+
+def test_the_key_ring_function_reads_the_ring_and_adds_items_only(template):
+    actions = {a for s in _statements(template["Resources"]["KeyRingFunction"]) for a in _as_list(s["Action"])}
+    # It queries the ring, adds a key with a conditional put and records the issuer: no delete.
+    assert actions == {"dynamodb:Query", "dynamodb:PutItem"}
+
+
+def test_no_function_iam_policy_grants_any_kms_action(template):
+    # Who may use a key is written in its key policy, naming the role; an IAM statement naming the
+    # key would also make the key and the role depend on each other (a cycle).
     for name, function in _functions(template).items():
         for statement in _statements(function):
-            if "kms:Sign" in _as_list(statement["Action"]):
-                signers[name] = statement
-    assert sorted(signers) == ["ExchangeAwsFunction", "TokenFunction"]
+            assert not any(a.lower().startswith("kms:") or a == "*" for a in _as_list(statement["Action"])), (name, statement)
+
+
+# --- permissions: the KMS key policies -----------------------------------------------------
+
+ROOT = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+# Every action that uses a key rather than administers it.
+KMS_USE_ACTIONS = [
+    "kms:Sign", "kms:Verify", "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo",
+    "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair",
+    "kms:GenerateDataKeyPairWithoutPlaintext", "kms:GenerateMac", "kms:VerifyMac", "kms:DeriveSharedSecret",
+]
+KEY_ADMINISTRATION = [
+    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Revoke*",
+    "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+]
+
+
+def _role(function: str) -> dict:
+    """The role SAM creates for a function without a Role: logical id <function>Role."""
+    return {"Fn::GetAtt": [f"{function}Role", "Arn"]}
+
+
+def _key_statements(template: dict, key: str) -> list[dict]:
+    return template["Resources"][key]["Properties"]["KeyPolicy"]["Statement"]
+
+
+def _principals(statement: dict) -> list:
+    assert set(statement["Principal"]) == {"AWS"}, statement
+    return _as_list(statement["Principal"]["AWS"])
+
+
+def _key_users(template: dict, key: str, action: str) -> dict[str, dict]:
+    """Who the key policy lets perform `action`: principal (JSON) -> the statement."""
+    users = {}
+    for statement in _key_statements(template, key):
+        assert statement["Effect"] == "Allow" and "NotPrincipal" not in statement, statement
+        if _grants(statement, action):
+            for principal in _principals(statement):
+                users[json.dumps(principal, sort_keys=True)] = statement
+    return users
+
+
+@pytest.mark.parametrize("key", ["SigningKey", "CacheKey"])
+def test_the_account_administers_each_key_but_cannot_use_it(template, key):
+    (admin,) = [s for s in _key_statements(template, key) if ROOT in _principals(s)]
+    assert _principals(admin) == [ROOT]
+    assert admin["Action"] == KEY_ADMINISTRATION
+    # Without a use action for the root, no IAM policy in the account can grant one with this key.
+    assert [a for a in KMS_USE_ACTIONS if _grants(admin, a)] == []
+
+
+@pytest.mark.parametrize("key", ["SigningKey", "CacheKey"])
+def test_every_key_policy_principal_is_the_account_or_a_function_role(template, key):
+    allowed = [ROOT, *(_role(name) for name in _functions(template))]
+    for statement in _key_statements(template, key):
+        for principal in _principals(statement):
+            assert principal in allowed, (key, statement)
+        assert statement["Resource"] == "*"  # in a key policy: this key
+
+
+def test_only_the_minting_functions_roles_may_sign_and_only_rs256(template):
+    signers = _key_users(template, "SigningKey", "kms:Sign")
+    assert sorted(signers) == sorted(json.dumps(_role(f), sort_keys=True) for f in ("TokenFunction", "ExchangeAwsFunction"))
     for statement in signers.values():
         assert _as_list(statement["Action"]) == ["kms:Sign"]
-        assert statement["Resource"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}
         assert statement["Condition"] == {"StringEquals": {"kms:SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"}}
 
 
-def test_only_the_exchange_function_gets_cache_data_keys_and_only_from_the_cache_key(template):
-    users = {}
-    for name, function in _functions(template).items():
-        for statement in _statements(function):
-            actions = set(_as_list(statement["Action"]))
-            if actions & {"kms:GenerateDataKey", "kms:Decrypt", "kms:Encrypt"}:
-                users[name] = statement
-    assert list(users) == ["ExchangeAwsFunction"]
-    statement = users["ExchangeAwsFunction"]
+def test_only_the_key_ring_functions_role_and_the_administrators_read_the_public_key(template):
+    readers = _key_users(template, "SigningKey", "kms:GetPublicKey")
+    assert sorted(readers) == sorted(json.dumps(p, sort_keys=True) for p in (ROOT, _role("KeyRingFunction")))
+    assert _as_list(readers[json.dumps(_role("KeyRingFunction"), sort_keys=True)]["Action"]) == ["kms:GetPublicKey"]
+
+
+def test_the_signing_key_is_used_for_nothing_but_signing_and_publishing(template):
+    for action in KMS_USE_ACTIONS:
+        users = _key_users(template, "SigningKey", action)
+        assert (action == "kms:Sign") is bool(users), action
+
+
+def test_only_the_exchange_functions_role_gets_cache_data_keys_in_the_caches_context(template):
+    role = json.dumps(_role("ExchangeAwsFunction"), sort_keys=True)
+    for action in KMS_USE_ACTIONS:
+        users = _key_users(template, "CacheKey", action)
+        assert sorted(users) == ([role] if action in ("kms:GenerateDataKey", "kms:Decrypt") else []), action
+    statement = _key_users(template, "CacheKey", "kms:Decrypt")[role]
     assert sorted(_as_list(statement["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
-    assert statement["Resource"] == {"Fn::GetAtt": ["CacheKey", "Arn"]}
     assert statement["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "oidc-broker credential cache"}}
 
 
-def test_the_exchange_function_reaches_only_the_table_and_the_two_keys(template):
-    function = template["Resources"]["ExchangeAwsFunction"]["Properties"]
-    actions = {a for s in _statements(template["Resources"]["ExchangeAwsFunction"]) for a in _as_list(s["Action"])}
-    # STS AssumeRoleWithWebIdentity is unsigned; ECR is called with the assumed role's credentials.
-    assert actions == {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem",
-                       "kms:Sign", "kms:GenerateDataKey", "kms:Decrypt"}
-    dynamodb = [s for s in _statements(template["Resources"]["ExchangeAwsFunction"])
-                if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))]
-    assert all(s["Resource"] == {"Fn::GetAtt": ["BrokerTable", "Arn"]} for s in dynamodb)
-    assert function["Environment"]["Variables"] == {"CACHE_KEY_ID": {"Fn::GetAtt": ["CacheKey", "Arn"]}}
+def test_the_functions_that_read_the_key_ring_trust_only_the_stacks_signing_key(template):
+    # keys.KeyRing publishes and signs only with entries of these keys (runtime.key_ring).
+    readers = {n for n, f in _functions(template).items() for s in _dynamodb_statements(f)
+               if _grants(s, "dynamodb:Query") and _may_touch(s, "KEYRING")} - {"KeyRingFunction"}
+    assert readers == {"JwksFunction", "TokenFunction", "ExchangeAwsFunction"}
+    for name in readers:
+        variables = template["Resources"][name]["Properties"]["Environment"]["Variables"]
+        assert variables["SIGNING_KEY_ARNS"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}, name
+    exchange = template["Resources"]["ExchangeAwsFunction"]["Properties"]["Environment"]["Variables"]
+    assert exchange == {"CACHE_KEY_ID": {"Fn::GetAtt": ["CacheKey", "Arn"]},
+                        "SIGNING_KEY_ARNS": {"Fn::GetAtt": ["SigningKey", "Arn"]}}
 
 
 def test_the_cache_key_is_a_retained_symmetric_key_administered_by_the_account(template):
@@ -200,50 +432,7 @@ def test_the_cache_key_is_a_retained_symmetric_key_administered_by_the_account(t
     assert key["DeletionPolicy"] == key["UpdateReplacePolicy"] == "Retain"
     props = key["Properties"]
     assert (props["KeySpec"], props["KeyUsage"], props["EnableKeyRotation"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", True)
-    assert props["KeyPolicy"] == template["Resources"]["SigningKey"]["Properties"]["KeyPolicy"]
-
-
-def test_the_discovery_function_gets_no_policies(template):
-    assert "Policies" not in template["Resources"]["DiscoveryFunction"]["Properties"]
-
-
-@pytest.mark.parametrize("name", ["JwksFunction", "KeyRingFunction"])
-def test_key_ring_functions_reach_only_the_keyring_partition(template, name):
-    dynamodb = [
-        s for s in _statements(template["Resources"][name])
-        if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))
-    ]
-    assert dynamodb
-    for statement in dynamodb:
-        assert statement["Resource"] == {"Fn::GetAtt": ["BrokerTable", "Arn"]}
-        leading = statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"]
-        assert leading == ["KEYRING"]
-
-
-def test_the_key_ring_function_reads_the_public_key_and_adds_keys_only(template):
-    actions = {a for s in _statements(template["Resources"]["KeyRingFunction"]) for a in _as_list(s["Action"])}
-    # It queries the ring and adds a key with a conditional put: no update, no delete, no signing.
-    assert actions == {"kms:GetPublicKey", "dynamodb:Query", "dynamodb:PutItem"}
-    kms = [s for s in _statements(template["Resources"]["KeyRingFunction"]) if s["Action"] == "kms:GetPublicKey"]
-    assert [s["Resource"] for s in kms] == [{"Fn::GetAtt": ["SigningKey", "Arn"]}]
-
-
-def test_the_token_function_reaches_the_table_but_not_its_indexes(template):
-    dynamodb = [
-        s for s in _statements(template["Resources"]["TokenFunction"])
-        if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))
-    ]
-    actions = {a for s in dynamodb for a in _as_list(s["Action"])}
-    assert actions == {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem"}
-    assert all(s["Resource"] == {"Fn::GetAtt": ["BrokerTable", "Arn"]} for s in dynamodb)
-
-
-def test_the_key_policy_grants_administration_only_to_the_account(template):
-    statements = template["Resources"]["SigningKey"]["Properties"]["KeyPolicy"]["Statement"]
-    assert len(statements) == 1
-    assert statements[0]["Principal"] == {
-        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
-    }
+    assert _key_statements(template, "CacheKey")[0] == _key_statements(template, "SigningKey")[0]
 
 
 # --- data that must outlive the stack -------------------------------------------------------
@@ -316,7 +505,31 @@ def test_the_key_ring_custom_resource_publishes_the_signing_key(template):
     assert key_ring["Properties"] == {
         "ServiceToken": {"Fn::GetAtt": ["KeyRingFunction", "Arn"]},
         "KeyArn": {"Fn::GetAtt": ["SigningKey", "Arn"]},
+        "IssuerUrl": template["Outputs"]["IssuerUrl"]["Value"],
     }
+
+
+def test_the_key_ring_custom_resource_records_the_issuer_the_outputs_name(template):
+    # `oidc-broker apply` compares a configuration's issuer with what the custom resource records.
+    issuer = template["Resources"]["KeyRing"]["Properties"]["IssuerUrl"]
+    assert issuer == {"Fn::If": ["HasIssuerUrl", {"Ref": "IssuerUrl"},
+                                 {"Fn::Sub": "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}]}
+
+
+@pytest.mark.parametrize(
+    ("refs", "expected"),
+    [
+        ({"IssuerUrl": "http://127.0.0.1:3000"}, "http://127.0.0.1:3000"),
+        ({"IssuerUrl": "", "HttpApi": "a1b2c3", "AWS::Region": "eu-west-1", "AWS::URLSuffix": "amazonaws.com"},
+         "https://a1b2c3.execute-api.eu-west-1.amazonaws.com"),
+    ],
+    ids=["issuer-url", "api-domain"],
+)
+def test_local_mode_resolves_the_recorded_issuer_by_the_templates_conditions(refs, expected):
+    from oidc_broker_cli.template import Template
+
+    local = Template(TEMPLATE)
+    assert local.resolve(local.resources["KeyRing"]["Properties"]["IssuerUrl"], refs) == expected
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ class CallerIssuer:
         if not self.keys:
             self.keys = [public_jwk(self.rsa_key, "rsa-1"), public_jwk(self.ec_key, "ec-1")]
 
-    def fetch(self, url: str) -> dict[str, Any]:
+    def fetch(self, url: str, deadline: Any = None) -> dict[str, Any]:
         from oidc_broker.callers import FetchError
 
         self.fetched.append(url)

@@ -366,3 +366,49 @@ def test_exchange_request_needs_a_target():
 def test_exchange_request_refuses_a_malformed_target(target):
     error = exchange_refused(exchange_event('{"target": %s}' % target), InvalidTarget)
     assert error.reason == "malformed_target"
+
+
+# -- hostile input: a refusal with its reason, never an exception, echoes bounded ----------------
+
+@pytest.mark.parametrize("depth", [100, 30_000])  # 30 000: past the interpreter's stack, still under 64 KiB
+@pytest.mark.parametrize("shape", ["[{}]", '{{"target": {}}}', '{{"a": {}}}'])
+def test_exchange_request_refuses_a_deeply_nested_body(depth, shape):
+    body = shape.format("[" * depth + "]" * depth)
+    with pytest.raises(errors.BrokerError) as info:
+        api.exchange_request(exchange_event(body))
+    assert info.value.status == 400 and info.value.reason in ("malformed_body", "malformed_target", "unknown_field")
+
+
+@pytest.mark.parametrize("audience", ["acme/pr\u00f6d", "acme/pr\nd", "acme/pr d", "acme/\x00",
+                                      "acme/prod\x7f", "\u0430cme/prod"])
+def test_an_audience_that_is_not_printable_ascii_is_an_invalid_target(audience):
+    evt = event(body="&".join(f"{k}={v}" for k, v in params(audience="PLACEHOLDER").items()))
+    evt["body"] = evt["body"].replace("PLACEHOLDER", audience)
+    error = refused(evt, InvalidTarget)
+    assert error.reason == "malformed_audience" and error.description.isascii()
+
+
+@pytest.mark.parametrize("target", ["acme/pr\u00f6d", "acme/pr\\ud800d", "acme/pr\\nd", "acme/pr d", "acme/\\u0000",
+                                    "\u0430cme/prod"])
+def test_an_exchange_target_that_is_not_printable_ascii_is_an_invalid_target(target):
+    error = exchange_refused(exchange_event('{"target": "%s"}' % target), InvalidTarget)
+    assert error.reason == "malformed_target" and error.description.isascii()
+
+
+@pytest.mark.parametrize("name", ["x" * 10_000, "\\ud800" * 3, "\u00e9\\n" * 1000])
+def test_an_unknown_field_is_echoed_bounded_and_ascii(name):
+    error = exchange_refused(exchange_event('{"target": "acme/prod", "%s": 1}' % name))
+    assert error.reason == "unknown_field"
+    assert len(error.description) < 150 and error.description.isascii()
+
+
+def test_a_repeated_form_parameter_is_echoed_bounded_and_ascii():
+    name = "\u00e9" + "p" * 10_000
+    error = refused(event(body=urlencode(params()) + f"&{name}=1&{name}=2"))
+    assert error.reason == "repeated_parameter"
+    assert len(error.description) < 120 and error.description.isascii() and "'\\xe9ppp" in error.description
+
+
+@pytest.mark.parametrize("body", ["%ff=1", "a=%ed%a0%80", "subject_token=\ud800", "a=1&&b"])
+def test_a_form_that_is_not_utf8_or_not_a_form_is_malformed(body):
+    assert refused(event(body=body)).reason == "malformed_body"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import jwt
 import pytest
 from builders import (
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 
 from oidc_broker import callers, config
 from oidc_broker.callers import IssuerKeys, VerifiedCaller
-from oidc_broker.errors import InvalidGrant, InvalidRequest
+from oidc_broker.errors import InvalidGrant, InvalidRequest, Throttled
 from oidc_broker.subject import is_slug
 
 DISCOVERY = CI + "/.well-known/openid-configuration"
@@ -183,7 +186,7 @@ def test_verify_refuses_a_trusted_issuers_token_signed_by_another_trusted_issuer
     gitlab = CallerIssuer(rsa_key=other_rsa_key, ec_key=ci.ec_key, issuer="https://gitlab.example.com")
     gitlab.keys = [public_jwk(other_rsa_key, "gl-1")]
     cfg = config.parse(config_doc(trusted_issuers=[{"name": "ci", "issuer": CI}, {"name": "gl", "issuer": gitlab.issuer}]))
-    fetch = lambda url: (gitlab if url.startswith(gitlab.issuer) else ci).fetch(url)  # noqa: E731
+    fetch = lambda url, deadline: (gitlab if url.startswith(gitlab.issuer) else ci).fetch(url)  # noqa: E731
     token = ci.token(caller_claims(), kid="gl-1", key=other_rsa_key)  # claims iss=ci, key of gitlab
     assert refusal(token, cfg, IssuerKeys(fetch, clock)).reason == "unknown_kid"
 
@@ -192,7 +195,7 @@ def test_verify_refuses_a_trusted_issuers_token_signed_by_another_trusted_issuer
 
 def test_verify_requires_a_subject_token():
     with pytest.raises(InvalidRequest):
-        callers.verify("", config.parse(config_doc()), IssuerKeys(lambda url: {}, Clock()), NOW)
+        callers.verify("", config.parse(config_doc()), IssuerKeys(lambda url, deadline: {}, Clock()), NOW)
 
 
 @pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c", "e30.e30"])
@@ -305,6 +308,122 @@ def test_verify_refuses_a_token_with_nan_exp_and_iat_a_year_later(ci, cfg, issue
     assert refusal(token, cfg, issuer_keys, now=NOW + 365 * 86400).reason == "invalid_exp"
 
 
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [10**400, -10**400, 1e200, -1e200, -1, -0.5, callers.MAX_TIME + 1])
+def test_verify_refuses_a_time_claim_outside_the_sane_range(ci, cfg, issuer_keys, claim, value):
+    token = raw_rs256_token({"kid": "rsa-1"}, caller_claims(**{claim: value}), ci.rsa_key)
+    assert refusal(token, cfg, issuer_keys).reason == f"invalid_{claim}"
+
+
+def test_verify_accepts_time_claims_with_fractions_and_an_exp_at_the_range_end(ci, cfg, issuer_keys):
+    token = ci.token(caller_claims(iat=NOW - 0.5, nbf=NOW - 0.5, exp=callers.MAX_TIME))
+    assert callers.verify(token, cfg, issuer_keys, NOW).claims["exp"] == callers.MAX_TIME
+
+
+def test_verify_refuses_an_integer_too_long_for_json(ci, cfg, issuer_keys):
+    payload = json.dumps(caller_claims(exp=None)).encode()[:-1] + b',"exp":1' + b"0" * 5000 + b"}"
+    token = signed_raw(HEADER, payload, ci.rsa_key)
+    assert refusal(token, cfg, issuer_keys).reason == "malformed_token"
+
+
+# -- verify: hostile shapes, each a refusal and never an exception ------------------------------
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def signed_raw(header: bytes, payload: bytes, key) -> str:
+    """An RS256 JWS over header and payload bytes exactly as given (JSON a library would not write)."""
+    message = f"{_b64(header)}.{_b64(payload)}"
+    signature = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(message.encode(), key)
+    return f"{message}.{_b64(signature)}"
+
+
+HEADER = b'{"alg":"RS256","kid":"rsa-1"}'
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [callers.MAX_JSON_DEPTH, 5000])  # one level too deep; past the interpreter's stack
+def test_verify_refuses_a_payload_nested_too_deep(ci, cfg, issuer_keys, depth):
+    payload = json.dumps(caller_claims()).encode()[:-1] + b',"x":' + nested(depth) + b"}"
+    error = refusal(signed_raw(HEADER, payload, ci.rsa_key), cfg, issuer_keys)
+    assert (error.reason, error.description) == ("malformed_token", "subject_token payload is nested deeper than 32 levels")
+
+
+@pytest.mark.parametrize("depth", [callers.MAX_JSON_DEPTH, 5000])
+def test_verify_refuses_a_header_nested_too_deep(ci, cfg, issuer_keys, depth):
+    header = HEADER[:-1] + b',"x":' + nested(depth) + b"}"
+    error = refusal(signed_raw(header, json.dumps(caller_claims()).encode(), ci.rsa_key), cfg, issuer_keys)
+    assert (error.reason, error.description) == ("malformed_token", "subject_token header is nested deeper than 32 levels")
+
+
+def test_verify_accepts_a_claim_nested_to_the_depth_limit(ci, cfg, issuer_keys):
+    payload = json.dumps(caller_claims()).encode()[:-1] + b',"x":' + nested(callers.MAX_JSON_DEPTH - 1) + b"}"
+    assert callers.verify(signed_raw(HEADER, payload, ci.rsa_key), cfg, issuer_keys, NOW)
+
+
+@pytest.mark.parametrize("token", ["e30.e30.sig\ud800", "e30.e\ud80030.sig", "e30.e30.s\u00efg", "\u00e9" * 10])
+def test_verify_refuses_a_token_that_is_not_ascii(cfg, issuer_keys, token):
+    assert refusal(token, cfg, issuer_keys).reason == "malformed_token"
+
+
+@pytest.mark.parametrize("token", ["e30=.e30.sig", "e30.e30.sig=", "e3!0.e30.sig", "e30.e 30.sig", "e30.e30.si+g"])
+def test_verify_refuses_a_token_with_characters_outside_base64url(cfg, issuer_keys, token):
+    assert refusal(token, cfg, issuer_keys).reason == "malformed_token"
+
+
+@pytest.mark.parametrize("claims", [caller_claims(sub="repo:\ud800"), caller_claims(jti="\udfff-1"),
+                                    caller_claims(**{"\ud800": "x"}), caller_claims(extra={"a": ["\udc00"]})])
+def test_verify_refuses_a_payload_with_a_lone_surrogate(ci, cfg, issuer_keys, claims):
+    error = refusal(raw_rs256_token({"kid": "rsa-1"}, claims, ci.rsa_key), cfg, issuer_keys)
+    assert (error.reason, error.description) == ("malformed_token", "subject_token payload has a string that is not valid Unicode")
+
+
+def test_verify_refuses_a_header_with_a_lone_surrogate(ci, cfg, issuer_keys):
+    error = refusal(raw_rs256_token({"kid": "rsa-\ud800"}, caller_claims(), ci.rsa_key), cfg, issuer_keys)
+    assert error.description == "subject_token header has a string that is not valid Unicode"
+
+
+@pytest.mark.parametrize("raw", [b"\xed\xa0\x80", b"\xff", b"\xc3"])  # an encoded surrogate; not UTF-8 at all
+def test_verify_refuses_a_payload_that_is_not_utf8(ci, cfg, issuer_keys, raw):
+    payload = json.dumps(caller_claims()).encode()[:-1] + b',"x":"' + raw + b'"}'
+    error = refusal(signed_raw(HEADER, payload, ci.rsa_key), cfg, issuer_keys)
+    assert (error.reason, error.description) == ("malformed_token", "subject_token payload is not UTF-8")
+
+
+def test_verify_accepts_non_ascii_unicode_claims(ci, cfg, issuer_keys):
+    claims = callers.verify(ci.token(caller_claims(sub="repo:\u00e9t\u00e9/\U0001f600")), cfg, issuer_keys, NOW).claims
+    assert claims["sub"] == "repo:\u00e9t\u00e9/\U0001f600"
+
+
+def test_verify_echoes_a_duplicate_member_name_bounded_and_ascii(ci, cfg, issuer_keys):
+    name = "\u00e9" + "k" * 5000
+    payload = json.dumps(caller_claims()).encode()[:-1] + f',"{name}":1,"{name}":2}}'.encode()
+    error = refusal(signed_raw(HEADER, payload, ci.rsa_key), cfg, issuer_keys)
+    assert error.reason == "duplicate_member"
+    assert len(error.description) < 150 and error.description.isascii() and "\\xe9kkk" in error.description
+
+
+@pytest.mark.parametrize("sub", ["s" * callers.MAX_SUB_BYTES, "\u4e00" * (callers.MAX_SUB_BYTES // 6)])
+def test_verify_accepts_a_sub_of_the_serialized_limit(ci, cfg, issuer_keys, sub):
+    assert callers.verify(ci.token(caller_claims(sub=sub)), cfg, issuer_keys, NOW).subject == sub
+
+
+# The minted token escapes non-ASCII (\u4e00 is 6 bytes): the limit counts what KMS signs, not characters.
+@pytest.mark.parametrize("sub", ["s" * (callers.MAX_SUB_BYTES + 1), "\u4e00" * (callers.MAX_SUB_BYTES // 6 + 1),
+                                 "\n" * (callers.MAX_SUB_BYTES // 2 + 1)])
+def test_verify_refuses_a_sub_over_the_serialized_limit(ci, cfg, issuer_keys, sub):
+    assert refusal(ci.token(caller_claims(sub=sub)), cfg, issuer_keys).reason == "invalid_sub"
+
+
+def test_verify_bounds_the_jti_in_utf8_bytes(ci, cfg, issuer_keys):
+    assert callers.verify(ci.token(caller_claims(jti="\u4e00" * 85)), cfg, issuer_keys, NOW)
+    assert refusal(ci.token(caller_claims(jti="\u4e00" * 86)), cfg, issuer_keys).reason == "invalid_jti"
+
+
 # -- IssuerKeys ---------------------------------------------------------------------------------
 
 def test_issuer_keys_fetches_discovery_then_the_key_set(ci, cfg, issuer_keys):
@@ -357,7 +476,7 @@ def test_issuer_keys_refetches_again_once_the_cooldown_has_passed(ci, cfg, issue
 
 def test_issuer_keys_cooldown_is_per_issuer(ci, clock, other_rsa_key):
     gitlab = CallerIssuer(rsa_key=other_rsa_key, ec_key=ci.ec_key, issuer="https://gitlab.example.com")
-    fetch = lambda url: (gitlab if url.startswith(gitlab.issuer) else ci).fetch(url)  # noqa: E731
+    fetch = lambda url, deadline: (gitlab if url.startswith(gitlab.issuer) else ci).fetch(url)  # noqa: E731
     keys = IssuerKeys(fetch, clock)
     keys.key(config.TrustedIssuer("ci", CI), "made-up")
     assert keys.key(config.TrustedIssuer("gl", gitlab.issuer), "rsa-1") is not None
@@ -384,7 +503,7 @@ def test_issuer_keys_never_replaces_the_last_good_set_with_an_empty_one(ci, cfg,
 def test_issuer_keys_does_not_cache_an_empty_first_set(ci, cfg, issuer_keys, clock):
     trusted = cfg.trusted_issuers["ci"]
     good, ci.keys = ci.keys, []
-    assert issuer_keys.key(trusted, "rsa-1") is None
+    assert "no usable keys" in unavailable(issuer_keys, trusted, "rsa-1").log["fetch_error"]
     ci.keys = good
     clock.advance(callers.REFRESH_COOLDOWN)
     assert issuer_keys.key(trusted, "rsa-1")["kid"] == "rsa-1"
@@ -393,18 +512,18 @@ def test_issuer_keys_does_not_cache_an_empty_first_set(ci, cfg, issuer_keys, clo
 @pytest.mark.parametrize("named", [CI + "/", "https://attacker.example", "HTTPS://CI.EXAMPLE.COM"])
 def test_issuer_keys_refuses_discovery_naming_another_issuer(ci, cfg, issuer_keys, named):
     ci.discovery_issuer = named
-    assert issuer_keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+    assert "names another issuer" in unavailable(issuer_keys, cfg.trusted_issuers["ci"], "rsa-1").log["fetch_error"]
     assert ci.fetched == [DISCOVERY]
 
 
 def test_issuer_keys_refuses_discovery_without_jwks_uri(cfg, clock):
-    keys = IssuerKeys(lambda url: {"issuer": CI}, clock)
-    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+    keys = IssuerKeys(lambda url, deadline: {"issuer": CI}, clock)
+    assert "no jwks_uri" in unavailable(keys, cfg.trusted_issuers["ci"], "rsa-1").log["fetch_error"]
 
 
 def test_issuer_keys_refuses_a_key_set_without_keys(cfg, clock):
-    keys = IssuerKeys(lambda url: {"issuer": CI, "jwks_uri": JWKS} if url == DISCOVERY else {"kys": []}, clock)
-    assert keys.key(cfg.trusted_issuers["ci"], "rsa-1") is None
+    keys = IssuerKeys(lambda url, deadline: {"issuer": CI, "jwks_uri": JWKS} if url == DISCOVERY else {"kys": []}, clock)
+    assert "has no keys" in unavailable(keys, cfg.trusted_issuers["ci"], "rsa-1").log["fetch_error"]
 
 
 @pytest.mark.parametrize("bad", [
@@ -430,6 +549,7 @@ class SharedSets:
 
     def __init__(self, failing: bool = False):
         self.items: dict[str, tuple[float, list[dict]]] = {}
+        self.max_ages: dict[str, float] = {}
         self.reads = 0
         self.failing = failing
 
@@ -439,16 +559,18 @@ class SharedSets:
             raise RuntimeError("table unavailable")
         return self.items.get(issuer)
 
-    def put_issuer_keys(self, issuer, keys, fetched_at):
+    def put_issuer_keys(self, issuer, keys, fetched_at, max_age):
         if self.failing:
             raise RuntimeError("table unavailable")
         self.items[issuer] = (fetched_at, keys)
+        self.max_ages[issuer] = max_age
 
 
 def test_a_fetched_key_set_is_shared(ci, cfg, clock):
     shared = SharedSets()
     IssuerKeys(ci.fetch, clock, shared=shared).key(cfg.trusted_issuers["ci"], "rsa-1")
     assert shared.items[CI] == (NOW, ci.keys)
+    assert shared.max_ages[CI] == cfg.trusted_issuers["ci"].max_key_set_age  # the table's ttl
 
 
 def test_a_shared_key_set_saves_the_fetch(ci, cfg, clock):
@@ -491,13 +613,221 @@ def test_an_unavailable_shared_copy_falls_back_to_the_issuer(ci, cfg, clock):
 def test_an_empty_key_set_is_never_shared(ci, cfg, clock):
     shared = SharedSets()
     ci.keys = []
-    IssuerKeys(ci.fetch, clock, shared=shared).key(cfg.trusted_issuers["ci"], "rsa-1")
+    unavailable(IssuerKeys(ci.fetch, clock, shared=shared), cfg.trusted_issuers["ci"], "rsa-1")
     assert shared.items == {}
 
 
-def test_verify_refuses_a_token_whose_issuers_discovery_names_another_issuer(ci, cfg, issuer_keys):
+def test_verify_answers_503_for_an_issuer_whose_discovery_names_another_issuer(ci, cfg, issuer_keys):
     ci.discovery_issuer = CI + "/"
-    assert refusal(ci.token(), cfg, issuer_keys).reason == "unknown_kid"
+    with pytest.raises(Throttled) as info:
+        callers.verify(ci.token(), cfg, issuer_keys, NOW)
+    assert (info.value.status, info.value.error) == (503, "temporarily_unavailable")
+
+
+# -- IssuerKeys: how old a last good key set may be (max_key_set_age) --------------------------
+
+def unavailable(keys: IssuerKeys, trusted: config.TrustedIssuer, kid: str) -> Throttled:
+    with pytest.raises(Throttled) as info:
+        keys.key(trusted, kid)
+    assert (info.value.status, info.value.error, info.value.reason) == (503, "temporarily_unavailable", "issuer_unavailable")
+    assert int(info.value.headers["Retry-After"]) >= 1
+    return info.value
+
+
+def remove_rsa_1(ci, how: str) -> None:
+    ci.keys = [public_jwk(ci.ec_key, "ec-1")]  # the issuer dropped rsa-1 ...
+    if how == "error":
+        ci.failing = True  # ... then fails (or times out: a FetchError either way)
+    elif how == "empty":
+        ci.keys = []  # ... then serves an empty set
+
+
+@pytest.mark.parametrize("how", ["error", "empty"])
+def test_a_removed_key_is_accepted_until_the_last_good_set_is_max_age_old(ci, cfg, issuer_keys, clock, how):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    remove_rsa_1(ci, how)
+    clock.advance(trusted.max_key_set_age - 1)
+    assert issuer_keys.key(trusted, "rsa-1")["kid"] == "rsa-1"  # the issuer is down: the last good set serves
+    clock.advance(1)
+    refused = unavailable(issuer_keys, trusted, "rsa-1")
+    assert repr(CI) in refused.description and "longer than the broker trusts" in refused.description
+    assert refused.log["key_set_age"] == trusted.max_key_set_age
+
+
+def test_a_last_good_set_too_old_refuses_every_kid_of_the_issuer(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    ci.failing = True
+    clock.advance(trusted.max_key_set_age)
+    for kid in ("rsa-1", "ec-1", "made-up"):
+        unavailable(issuer_keys, trusted, kid)
+
+
+def test_the_max_key_set_age_is_the_issuers_own(ci, clock):
+    trusted = config.TrustedIssuer("ci", CI, max_key_set_age=15 * 60)
+    keys = IssuerKeys(ci.fetch, clock)
+    keys.key(trusted, "rsa-1")
+    ci.failing = True
+    clock.advance(15 * 60)
+    unavailable(keys, trusted, "rsa-1")
+
+
+def test_a_removed_key_from_the_shared_copy_is_accepted_until_it_is_max_age_old(ci, cfg, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    shared = SharedSets()
+    # Another container fetched the set; its age counts from then, not from when this one read it.
+    shared.items[CI] = (NOW - trusted.max_key_set_age + 30, [public_jwk(ci.rsa_key, "rsa-1")])
+    ci.failing = True
+    keys = IssuerKeys(ci.fetch, clock, shared=shared)
+    assert keys.key(trusted, "rsa-1")["kid"] == "rsa-1"
+    clock.advance(30)
+    unavailable(keys, trusted, "rsa-1")
+
+
+def test_a_shared_copy_older_than_the_max_age_is_ignored(ci, cfg, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    shared = SharedSets()
+    shared.items[CI] = (NOW - trusted.max_key_set_age, [public_jwk(ci.rsa_key, "rsa-1")])
+    ci.failing = True
+    unavailable(IssuerKeys(ci.fetch, clock, shared=shared), trusted, "rsa-1")
+    ci.failing = False
+    clock.advance(callers.SHARED_RECHECK + callers.REFRESH_COOLDOWN)
+    keys = IssuerKeys(ci.fetch, clock, shared=shared)
+    assert keys.key(trusted, "rsa-1")["kid"] == "rsa-1" and keys.fetches == 1  # fetched, not taken from the table
+
+
+# -- IssuerKeys: an issuer that cannot be fetched is a dependency failure (503) -----------------
+
+def test_no_key_set_and_a_failed_fetch_is_a_503_with_the_fetch_error_in_the_log_only(ci, cfg, issuer_keys):
+    ci.failing = True
+    refused = unavailable(issuer_keys, cfg.trusted_issuers["ci"], "rsa-1")
+    assert refused.log["fetch_error"] == f"could not fetch {DISCOVERY}"
+    assert "could not fetch" not in refused.description
+    assert repr(CI) in refused.description and "'ci'" not in refused.description  # the URL, not the configured name
+    assert refused.log["key_set_age"] is None
+
+
+def test_a_cached_set_without_the_kid_and_a_failed_refetch_is_a_503(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.REFRESH_COOLDOWN)
+    ci.failing = True
+    unavailable(issuer_keys, trusted, "rotated")  # a new key and a made-up kid look alike
+    assert issuer_keys.fetches == 2
+
+
+def test_a_successful_refetch_without_the_kid_is_unknown_kid(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.REFRESH_COOLDOWN)
+    assert issuer_keys.key(trusted, "made-up") is None
+    assert issuer_keys.fetches == 2
+
+
+def test_within_the_cooldown_after_a_failed_fetch_an_unknown_kid_is_still_a_503(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    clock.advance(callers.REFRESH_COOLDOWN)
+    ci.failing = True
+    unavailable(issuer_keys, trusted, "made-up")
+    ci.failing = False  # back up, but within the cooldown nobody asks it
+    clock.advance(callers.REFRESH_COOLDOWN - 1)
+    refused = unavailable(issuer_keys, trusted, "made-up-2")
+    assert refused.headers["Retry-After"] == "1"  # when the next fetch may be made
+    assert refused.log["fetch_error"] == f"could not fetch {DISCOVERY}"  # the last error, remembered
+    assert issuer_keys.fetches == 2
+    assert issuer_keys.key(trusted, "rsa-1")["kid"] == "rsa-1"  # a known kid still serves
+
+
+def test_within_the_cooldown_after_a_successful_fetch_an_unknown_kid_is_unknown_kid(ci, cfg, issuer_keys, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    issuer_keys.key(trusted, "rsa-1")
+    for _ in range(5):
+        clock.advance(1)
+        assert issuer_keys.key(trusted, "made-up") is None
+    assert issuer_keys.fetches == 1
+
+
+def test_a_newer_shared_set_clears_the_remembered_error(ci, cfg, clock):
+    trusted = cfg.trusted_issuers["ci"]
+    shared = SharedSets()
+    ci.failing = True
+    keys = IssuerKeys(ci.fetch, clock, shared=shared)
+    unavailable(keys, trusted, "rsa-1")
+    clock.advance(callers.SHARED_RECHECK)
+    shared.items[CI] = (clock.now - 1, [public_jwk(ci.rsa_key, "rsa-1")])  # another container got through
+    assert keys.key(trusted, "made-up") is None  # the issuer's latest word: no such kid
+
+
+def test_verify_refuses_an_unknown_kid_naming_the_issuer_url_not_its_name(ci, cfg, issuer_keys):
+    refused = refusal(ci.token(kid="made-up"), cfg, issuer_keys)
+    assert repr(CI) in refused.description and "'ci'" not in refused.description
+
+
+def test_verify_answers_503_when_the_issuer_cannot_be_fetched(ci, cfg, issuer_keys):
+    ci.failing = True
+    with pytest.raises(Throttled) as info:
+        callers.verify(ci.token(), cfg, issuer_keys, NOW)
+    assert info.value.body()["error"] == "temporarily_unavailable"
+    assert "Retry-After" in info.value.headers
+
+
+# -- IssuerKeys: one deadline for discovery and key set; issuers do not wait on each other ------
+
+def test_discovery_and_the_key_set_share_one_deadline(ci, cfg, clock):
+    deadlines = []
+
+    def fetch(url, deadline):
+        deadlines.append(deadline)
+        return ci.fetch(url)
+
+    IssuerKeys(fetch, clock).key(cfg.trusted_issuers["ci"], "rsa-1")
+    assert len(deadlines) == 2 and deadlines[0] is deadlines[1]
+    assert deadlines[0].seconds == callers.FETCH_DEADLINE
+
+
+def test_a_deadline_counts_down_and_then_gives_up():
+    now = [100.0]
+    deadline = callers.Deadline(3.0, timer=lambda: now[0])
+    now[0] += 2.5
+    assert deadline.remaining() == 0.5
+    now[0] += 0.5
+    with pytest.raises(TimeoutError):
+        deadline.remaining()
+
+
+def test_the_http_fetcher_gives_up_at_a_passed_deadline():
+    passed = callers.Deadline(0.0)
+    with pytest.raises(callers.FetchError, match="gave up after"):
+        callers.HttpFetcher(allow_loopback_http=True)("http://127.0.0.1:9/jwks", passed)
+
+
+def test_a_slow_issuer_does_not_hold_up_another_issuer(ci, clock, other_rsa_key):
+    import threading
+
+    gitlab = CallerIssuer(rsa_key=other_rsa_key, ec_key=ci.ec_key, issuer="https://gitlab.example.com")
+    started, release = threading.Event(), threading.Event()
+
+    def fetch(url, deadline):
+        if url.startswith(CI):
+            started.set()
+            release.wait(10)
+            return ci.fetch(url)
+        return gitlab.fetch(url)
+
+    keys = IssuerKeys(fetch, clock)
+    slow = threading.Thread(target=keys.key, args=(config.TrustedIssuer("ci", CI), "rsa-1"), daemon=True)
+    slow.start()
+    assert started.wait(5)
+    found = []
+    other = threading.Thread(target=lambda: found.append(keys.key(config.TrustedIssuer("gl", gitlab.issuer), "rsa-1")),
+                             daemon=True)
+    other.start()
+    other.join(5)
+    release.set()
+    slow.join(5)
+    assert found and found[0]["kid"] == "rsa-1"
 
 
 # -- trust rules --------------------------------------------------------------------------------
@@ -598,18 +928,33 @@ def test_admit_returns_the_first_rule_that_admits():
     assert callers.admit(cfg, verified(cfg), cfg.target("acme/images")).name == "first"
 
 
-def test_admit_names_every_rule_that_came_close():
-    cfg = rules_config(rule("a", claims={"repository": "other/app"}), rule("b", claims={"ref": "refs/heads/dev"}))
+def test_admit_names_the_failed_check_but_no_rule_name_and_no_configured_value():
+    cfg = rules_config(rule("alpha", claims={"repository": "other/app"}), rule("beta", claims={"ref": "refs/heads/dev"}))
     refusal_ = admit_refusal(cfg, verified(cfg))
     assert refusal_.reason == "claim_mismatch"
-    assert refusal_.description == ("trust rule 'a': claim 'repository' does not match; "
-                                    "trust rule 'b': claim 'ref' does not match")
+    assert refusal_.description == "claim 'repository' does not match any trust rule for target 'acme/images'"
 
 
-def test_admit_reports_a_wrong_audience_as_such():
+def test_admit_logs_each_rules_first_failure_for_the_operator():
+    cfg = rules_config(rule("alpha", claims={"repository": "other/app"}), rule("beta", claims={"ref": "refs/heads/dev"}))
+    assert admit_refusal(cfg, verified(cfg)).log == {"trust_rules": [
+        {"rule": "alpha", "check": "claim repository", "detail": "rule expects 'other/app'"},
+        {"rule": "beta", "check": "claim ref", "detail": "rule expects 'refs/heads/dev'"},
+    ]}
+
+
+def test_admit_reports_a_wrong_audience_with_the_brokers_public_issuer():
     cfg = rules_config(rule())
     refusal_ = admit_refusal(cfg, verified(cfg, aud="https://other.example.com"))
-    assert (refusal_.reason, refusal_.description) == ("audience_mismatch", "trust rule 'r': aud does not match the rule's audience")
+    assert (refusal_.reason, refusal_.description) == (
+        "audience_mismatch", f"aud does not match: tokens for this broker must have aud {BROKER!r}")
+
+
+def test_admit_never_reveals_a_rules_own_audience():
+    cfg = rules_config(rule(audience="private-audience"))
+    refusal_ = admit_refusal(cfg, verified(cfg))
+    assert refusal_.reason == "audience_mismatch"
+    assert "private-audience" not in refusal_.description and BROKER not in refusal_.description
 
 
 def test_admit_refuses_when_no_rule_is_for_the_issuer_and_target():
@@ -622,9 +967,76 @@ def test_admit_refuses_a_caller_of_an_issuer_no_rule_names():
     assert admit_refusal(cfg, verified(cfg, issuer="gl")).reason == "no_matching_rule"
 
 
+def test_no_matching_rule_names_the_tokens_issuer_url_not_the_trusted_issuers_name():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": CI}, {"name": "internal-name", "issuer": "https://x.example.com"}])
+    space_doc(doc)["trust"] = [rule()]
+    cfg = config.parse(doc)
+    refusal_ = admit_refusal(cfg, verified(cfg, issuer="internal-name"))
+    assert refusal_.description == "no trust rule admits tokens of issuer 'https://x.example.com' to target 'acme/images'"
+    assert refusal_.log == {"trusted_issuer": "internal-name"}
+
+
 def test_admit_refusals_never_echo_claim_values():
     cfg = rules_config(rule(claims={"repository": "acme/app"}))
     assert "secret-looking" not in admit_refusal(cfg, verified(cfg, repository="secret-looking/value")).description
+
+
+# -- dangerous events and tenant order (GitHub preset) ------------------------------------------
+
+GITHUB = "https://token.actions.githubusercontent.com"
+
+
+def github_config(*claims: dict) -> config.Config:
+    doc = config_doc(trusted_issuers=[{"name": "gh", "issuer": GITHUB}])
+    space_doc(doc)["trust"] = [rule(f"r{i}", claims=c) | {"issuer": "gh"} for i, c in enumerate(claims)]
+    return config.parse(doc)
+
+
+def github_caller(cfg: config.Config, **claims) -> VerifiedCaller:
+    return verified(cfg, issuer="gh", iss=GITHUB, repository_id="42", **claims)
+
+
+@pytest.mark.parametrize("event", ["pull_request_target", "PULL_REQUEST_TARGET", "Workflow_Run",
+                                   ["push", "pull_request_target"], ["workflow_run"]])
+def test_a_dangerous_event_is_refused_whatever_its_case_and_inside_a_list(event):
+    cfg = github_config({"repository_id": "42"})
+    assert failure(cfg, github_caller(cfg, event_name=event)) == "event_name value"
+    assert admit_refusal(cfg, github_caller(cfg, event_name=event)).reason == "dangerous_event"
+
+
+@pytest.mark.parametrize("event", ["push", "", 1, True, ["push", "schedule"], {"pull_request_target": 1}])
+def test_other_event_values_are_not_dangerous(event):
+    cfg = github_config({"repository_id": "42"})
+    assert report(cfg, github_caller(cfg, event_name=event)).admits
+
+
+def test_a_rule_names_a_dangerous_event_case_insensitively():
+    cfg = github_config({"repository_id": "42", "event_name": ["push", "PULL_REQUEST_TARGET"]})
+    checks = {c.name: c.ok for c in report(cfg, github_caller(cfg, event_name="pull_request_target")).checks}
+    assert checks["event_name value"] is True
+
+
+def test_a_rule_naming_a_dangerous_event_admits_it():
+    cfg = github_config({"repository_id": "42", "event_name": ["push", "pull_request_target"]})
+    assert report(cfg, github_caller(cfg, event_name="pull_request_target")).admits
+
+
+def test_a_glob_does_not_name_a_dangerous_event():
+    cfg = github_config({"repository_id": "42", "event_name": "pull_request*"})
+    assert failure(cfg, github_caller(cfg, event_name="pull_request_target")) == "event_name value"
+
+
+def test_a_list_claim_holding_one_named_and_one_unnamed_dangerous_event_is_refused():
+    cfg = github_config({"repository_id": "42", "event_name": "pull_request_target"})
+    checks = {c.name: c.ok for c in report(cfg, github_caller(cfg, event_name=["pull_request_target", "workflow_run"])).checks}
+    assert checks["event_name value"] is False
+
+
+def test_a_strangers_refusal_names_the_tenant_check_first():
+    cfg = github_config({"ref": "refs/heads/main", "environment": "production", "repository_id": "42"})
+    stranger = verified(cfg, issuer="gh", iss=GITHUB, repository_id="99", ref="refs/heads/dev")
+    assert admit_refusal(cfg, stranger).description == (
+        "claim 'repository_id' does not match any trust rule for target 'acme/images'")
 
 
 # -- context values -----------------------------------------------------------------------------
@@ -681,6 +1093,13 @@ def test_context_values_refuse_a_claim_that_is_not_a_slug(value):
     with pytest.raises(InvalidGrant) as info:
         values_of(rule_, caller_with(deploy_env=value))
     assert info.value.reason == "invalid_context"
+
+
+def test_context_values_name_the_claim_never_its_value():
+    rule_ = context_rule(environment=config.ContextValue(claim="deploy_env"))
+    with pytest.raises(InvalidGrant) as info:
+        values_of(rule_, caller_with(deploy_env="Secret Value"))
+    assert "deploy_env" in info.value.description and "Secret" not in info.value.description
 
 
 @given(st.text(min_size=1))

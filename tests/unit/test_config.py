@@ -120,6 +120,80 @@ def test_rules_for_lists_the_rules_naming_the_target(doc):
     assert [r.name for r in cfg.rules_for(cfg.target("acme/images"))] == ["pull"]
 
 
+# -- subject_patterns: exactly what the rules can get minted --------------------------------------
+
+def _patterns(doc, rules: list[dict], target: str = "acme/prod") -> list[str]:
+    space_doc(doc)["trust"] = rules
+    cfg = config.parse(doc)
+    return cfg.subject_patterns(cfg.target(target))
+
+
+def _deploy(claims: dict, context=None, name="d") -> dict:
+    return {"name": name, "issuer": "ci", "claims": claims, "targets": ["prod"],
+            "context": context or {"environment": {"claim": "environment"}}}
+
+
+def test_a_context_claim_the_rule_leaves_unpinned_is_a_star(doc):
+    assert _patterns(doc, [_deploy({"repository": "acme/app"})]) == ["space:acme:environment:*:account:prod"]
+
+
+def test_a_context_claim_pinned_by_exact_values_gives_one_subject_per_value(doc):
+    rules = [_deploy({"repository": "acme/app", "environment": ["production", "staging"]})]
+    assert _patterns(doc, rules) == ["space:acme:environment:production:account:prod",
+                                     "space:acme:environment:staging:account:prod"]
+
+
+def test_a_context_claim_matched_by_a_glob_is_a_star(doc):
+    rules = [_deploy({"repository": "acme/app", "environment": ["production", "staging-*"]})]
+    assert _patterns(doc, rules) == ["space:acme:environment:*:account:prod"]
+
+
+def test_literals_that_are_not_slugs_can_never_be_minted(doc):
+    rules = [_deploy({"repository": "acme/app", "environment": ["Production", "prod/eu", "ok", 5, True]})]
+    assert _patterns(doc, rules) == ["space:acme:environment:ok:account:prod"]
+
+
+def test_a_rule_whose_pinned_values_are_never_slugs_mints_nothing(doc):
+    assert _patterns(doc, [_deploy({"repository": "acme/app", "environment": "Production"})]) == []
+
+
+def test_a_pinned_case_insensitive_claim_mints_its_lower_case_spelling():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": "https://token.actions.githubusercontent.com"}])
+    rules = [_deploy({"repository_id": "42", "repository_owner": ["Acme", "Acme Corp"]},
+                     context={"environment": {"claim": "repository_owner"}})]
+    assert _patterns(doc, rules) == ["space:acme:environment:acme:account:prod"]
+
+
+def test_a_literal_context_and_a_context_claim_of_another_rule_combine(doc):
+    rules = [_deploy({"repository": "acme/app"}, context={"environment": "production"}, name="a"),
+             _deploy({"repository": "acme/app", "environment": "staging"}, name="b")]
+    assert _patterns(doc, rules) == ["space:acme:environment:production:account:prod",
+                                     "space:acme:environment:staging:account:prod"]
+
+
+def test_every_subject_the_broker_mints_is_among_the_patterns(doc):
+    import fnmatch
+
+    from oidc_broker import callers, subject as subject_module
+
+    rules = [_deploy({"repository": "acme/app", "environment": ["production", "Staging", "qa-*"]})]
+    space_doc(doc)["trust"] = rules
+    cfg = config.parse(doc)
+    target = cfg.target("acme/prod")
+    patterns = cfg.subject_patterns(target)
+    for env in ["production", "Staging", "staging", "qa-1", "qa-", "dev"]:
+        caller = callers.VerifiedCaller(cfg.trusted_issuers["ci"], {"repository": "acme/app", "environment": env,
+                                                                   "aud": BROKER})
+        report = callers.evaluate(cfg.spaces["acme"].trust[0], caller.issuer, caller.claims, target)
+        try:
+            values = {"space": "acme", "account": "prod", **callers.context_values(report.rule, caller, target)}
+            minted = str(subject_module.build(target.subject_keys, values, "aws"))
+        except Exception:
+            continue
+        if report.admits:
+            assert any(fnmatch.fnmatchcase(minted, p) for p in patterns), (env, patterns)
+
+
 # -- top level ----------------------------------------------------------------------------------
 
 def test_a_document_that_is_not_a_mapping_is_refused():
@@ -291,6 +365,157 @@ def test_a_claim_the_preset_does_not_know_draws_a_warning_not_an_error():
 
 def test_a_well_formed_rule_draws_no_warning():
     assert config.parse(_github_doc({"repository_id": "123", "ref": "refs/heads/main"})).warnings == ()
+
+
+# -- tenant pinning on shared issuers -----------------------------------------------------------
+
+SHARED = {
+    "github": "https://token.actions.githubusercontent.com",
+    "gitlab": "https://gitlab.com",
+    "buildkite": "https://agent.buildkite.com",
+    "circleci": "https://oidc.circleci.com/org/0f3c9e26-4a36-4f0b-8e86-6b5e2f6b8c11",
+}
+
+
+def _issuer_doc(claims: dict, **issuer) -> dict:
+    doc = config_doc(trusted_issuers=[{"name": "gh", "issuer": SHARED["github"], **issuer}])
+    space_doc(doc)["trust"] = [{"name": "r", "issuer": "gh", "claims": claims, "targets": ["images"]}]
+    return doc
+
+
+def _pinning_problems(claims: dict, **issuer) -> list[tuple[str, str]]:
+    try:
+        config.parse(_issuer_doc(claims, **issuer))
+    except ConfigError as e:
+        return [(path, rule) for path, rule in e.problems if "pins no tenant" in rule]
+    return []
+
+
+@pytest.mark.parametrize("claims", [
+    {"event_name": "push"},
+    {"environment": "production"},
+    {"job_workflow_ref": "*/*/.github/workflows/deploy.yml@refs/heads/main"},
+    {"ref_protected": "true"},
+    {"repository": "acme/app", "ref": "refs/heads/main"},
+    {"repository_owner": "acme"},
+    {"repository_id": "4*"},
+    {"repository_owner_id": ["7", "8*"]},
+    {"sub": "repo:acme/app:ref:refs/heads/main"},
+    {"sub": "repo:*@7/app@42:ref:refs/heads/main"},
+    {"sub": "repo:acme@7*/app@42:ref:refs/heads/main"},
+    {"sub": ["repo:acme@7/app@42:ref:refs/heads/main", "repo:evil/app:ref:refs/heads/main"]},
+], ids=repr)
+def test_a_github_rule_that_pins_no_tenant_is_refused(claims):
+    assert _pinning_problems(claims) == [("spaces[0].trust[0].claims",
+        "pins no tenant, so it admits any GitHub Actions customer's pipelines (they share this issuer); match "
+        "'repository_id' or 'repository_owner_id' with exact values (or sub in the immutable form "
+        "'repo:OWNER@OWNER-ID/REPO@REPO-ID:...'), or set single_tenant: true on a trusted issuer that serves "
+        "one organisation only")]
+
+
+@pytest.mark.parametrize("claims", [
+    {"repository_id": "42", "event_name": "push"},
+    {"repository_owner_id": "7", "environment": "production"},
+    {"repository_owner_id": ["7", "8"], "ref": "refs/heads/*"},
+    {"sub": "repo:acme@7/app@42:ref:refs/heads/main"},
+    {"sub": "repo:acme@7/*:environment:production"},
+    {"sub": ["repo:acme@7/app@42:ref:refs/heads/main", "repo:acme@7/web@43:ref:refs/heads/main"]},
+    {"repository_id": "42", "sub": "repo:acme/app:ref:refs/heads/main"},
+], ids=repr)
+def test_a_github_rule_pinned_by_an_exact_tenant_id_or_immutable_subject_is_accepted(claims):
+    assert _pinning_problems(claims) == []
+
+
+@pytest.mark.parametrize("preset, claims", [
+    ("gitlab", {"ref": "main", "ref_protected": "true"}),
+    ("gitlab", {"namespace_path": "acme", "namespace_id": "1*"}),
+    ("buildkite", {"organization_slug": "acme", "build_branch": "main"}),
+    ("circleci", {"oidc.circleci.com/vcs-ref": "refs/heads/main"}),
+])
+def test_every_shared_issuer_preset_refuses_an_unpinned_rule(preset, claims):
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": SHARED[preset]}])
+    space_doc(doc)["trust"] = [{"name": "r", "issuer": "ci", "claims": claims, "targets": ["images"]}]
+    assert [path for path, rule in problems(doc) if "pins no tenant" in rule] == ["spaces[0].trust[0].claims"]
+
+
+@pytest.mark.parametrize("preset, claims", [
+    ("gitlab", {"namespace_id": "10", "ref": "main"}),
+    ("gitlab", {"project_id": ["11", "12"]}),
+    ("buildkite", {"organization_id": "0188f2a4-1c9e-4b7e-9f1a-3d2c1b0a9e8f"}),
+    ("circleci", {"oidc.circleci.com/org-id": "0f3c9e26-4a36-4f0b-8e86-6b5e2f6b8c11"}),
+    ("circleci", {"oidc.circleci.com/project-id": "5e1a6f2b-0c3d-4e5f-8a9b-1c2d3e4f5a6b"}),
+])
+def test_every_shared_issuer_preset_accepts_a_rule_pinned_by_its_tenant_ids(preset, claims):
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": SHARED[preset]}])
+    space_doc(doc)["trust"] = [{"name": "r", "issuer": "ci", "claims": claims, "targets": ["images"]}]
+    config.parse(doc)
+
+
+def test_a_self_managed_gitlab_requires_pinning_unless_it_says_it_is_single_tenant():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": "https://gitlab.example.com", "preset": "gitlab"}])
+    space_doc(doc)["trust"] = [{"name": "r", "issuer": "ci", "claims": {"ref": "main"}, "targets": ["images"]}]
+    assert [path for path, rule in problems(doc) if "pins no tenant" in rule] == ["spaces[0].trust[0].claims"]
+    doc["trusted_issuers"][0]["single_tenant"] = True
+    assert config.parse(doc).spaces["acme"].trust[0].name == "r"
+
+
+def test_single_tenant_opts_a_github_enterprise_server_out_of_pinning():
+    assert _pinning_problems({"environment": "production"}, issuer="https://ghes.example.com/_services/token",
+                             single_tenant=True) == []
+
+
+def test_a_generic_issuer_needs_no_tenant_pin(doc):
+    rule_doc(doc, "pull")["claims"] = {"environment": "production"}
+    assert config.parse(doc).spaces["acme"].trust[1].name == "pull"
+
+
+# -- globs that do not mean what they seem to ---------------------------------------------------
+
+def _glob_warnings(claims: dict) -> list[tuple[str, str]]:
+    return [w for w in config.parse(_issuer_doc({"repository_id": "42", **claims})).warnings if "never matches" in w[1]]
+
+
+def test_a_sub_glob_standing_for_the_whole_context_warns_what_it_matches():
+    assert _glob_warnings({"sub": "repo:acme/app:*"}) == [("spaces[0].trust[0].claims.sub",
+        "'*' never matches '/' or ':', so 'repo:acme/app:*' matches 'repo:acme/app:pull_request' but not "
+        "'repo:acme/app:ref:refs/heads/main'; name the context ('...:ref:refs/heads/main', "
+        "'...:environment:production') or match the repository_id and ref claims instead")]
+
+
+@pytest.mark.parametrize("claim, pattern", [
+    ("ref", "refs/heads/*"),
+    ("ref", "refs/tags/*"),
+    ("head_ref", "feature/*"),
+    ("workflow_ref", "acme/app/.github/workflows/deploy.yml@refs/heads/*"),
+    ("job_workflow_ref", "acme/shared/.github/workflows/*"),
+    ("sub", "repo:acme@7/app@42:ref:refs/heads/*"),
+])
+def test_a_glob_ending_in_slash_star_where_names_hold_slashes_warns(claim, pattern):
+    (warning,) = _glob_warnings({claim: pattern})
+    assert warning[0] == f"spaces[0].trust[0].claims.{claim}"
+    assert f"matches {pattern[:-1] + 'main'!r} but not {pattern[:-1] + 'feature/login'!r}" in warning[1]
+
+
+def test_the_warning_follows_the_claims_shape_not_the_string():
+    # The same text on a claim whose values hold no '/' there draws no warning.
+    assert _glob_warnings({"environment": "refs/heads/*", "ref": "refs/heads/release-*", "actor": "bot-*"}) == []
+
+
+def test_a_glob_in_a_list_is_checked_too():
+    assert [w[0] for w in _glob_warnings({"ref": ["refs/heads/main", "refs/heads/*"]})] == ["spaces[0].trust[0].claims.ref"]
+
+
+def test_a_generic_issuer_draws_no_glob_warning(doc):
+    rule_doc(doc, "pull")["claims"] = {"repository": "acme/app", "ref": "refs/heads/*"}
+    assert config.parse(doc).warnings == ()
+
+
+def test_a_gitlab_sub_glob_for_the_branch_warns():
+    doc = config_doc(trusted_issuers=[{"name": "ci", "issuer": SHARED["gitlab"]}])
+    space_doc(doc)["trust"] = [{"name": "r", "issuer": "ci", "targets": ["images"],
+                                "claims": {"project_id": "1", "sub": "project_path:acme/app:ref_type:branch:ref:*"}}]
+    (warning,) = [w for w in config.parse(doc).warnings if "never matches" in w[1]]
+    assert "but not 'project_path:acme/app:ref_type:branch:ref:feature/login'" in warning[1]
 
 
 def test_trusted_issuers_must_be_a_list():

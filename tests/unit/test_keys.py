@@ -261,3 +261,91 @@ def test_register_refuses_a_non_rsa_kms_key(ec_key):
     with pytest.raises(ValueError, match="RSA"):
         keys.register(store, FakeKms({ARN: public_der(ec_key)}), ARN, now=1000)
     assert store.added == []
+
+
+# -- only the stack's own keys --------------------------------------------------------------------
+
+STACK_ARN = "arn:aws:kms:us-east-1:123456789012:key/stack"
+OUTSIDER_ARN = "arn:aws:kms:us-east-1:210987654321:key/outsider"
+
+
+def own(kid: str, state: str, created_at: int = 0, key_arn: str = STACK_ARN) -> KeyEntry:
+    e = entry(kid, state, created_at)
+    return KeyEntry(e.kid, key_arn, e.state, e.jwk, e.created_at)
+
+
+def test_key_ring_does_not_publish_an_entry_of_a_key_the_stack_did_not_create():
+    ring = keys.KeyRing(FakeSource([own("a", ACTIVE), own("x", NEXT, key_arn=OUTSIDER_ARN)]), Clock(),
+                        key_arns={STACK_ARN})
+    assert [k["kid"] for k in ring.jwks()["keys"]] == ["a"]
+
+
+def test_key_ring_never_signs_with_a_key_the_stack_did_not_create():
+    # A newer active entry naming another key would otherwise become the signing key.
+    ring = keys.KeyRing(FakeSource([own("a", ACTIVE, 1), own("x", ACTIVE, 9, key_arn=OUTSIDER_ARN)]), Clock(),
+                        key_arns={STACK_ARN})
+    assert ring.signing_key().kid == "a"
+
+
+def test_key_ring_reports_what_it_refused_and_why():
+    outsider = own("x", NEXT, key_arn=OUTSIDER_ARN)
+    ring = keys.KeyRing(FakeSource([own("a", ACTIVE), outsider]), Clock(), key_arns={STACK_ARN})
+    ring.entries()
+    assert ring.refused() == [(outsider, keys.UNKNOWN_KEY)]
+
+
+def test_key_ring_of_only_foreign_keys_is_empty_and_not_cached():
+    source = FakeSource([own("x", ACTIVE, key_arn=OUTSIDER_ARN)], [own("a", ACTIVE)])
+    ring = keys.KeyRing(source, Clock(), key_arns={STACK_ARN})
+    assert ring.jwks() == {"keys": []}
+    assert [e.kid for e in ring.entries()] == ["a"]
+    assert source.calls == 2
+
+
+def test_key_ring_with_no_trusted_key_publishes_nothing():
+    ring = keys.KeyRing(FakeSource([own("a", ACTIVE)]), Clock(), key_arns=())
+    assert (ring.jwks(), ring.signing_key()) == ({"keys": []}, None)
+
+
+def test_key_ring_trusts_every_key_named_in_key_arns():
+    other = "arn:aws:kms:us-east-1:123456789012:key/rotated-in"
+    ring = keys.KeyRing(FakeSource([own("a", ACTIVE, 2), own("n", NEXT, 3, key_arn=other)]), Clock(),
+                        key_arns={STACK_ARN, other})
+    assert [k["kid"] for k in ring.jwks()["keys"]] == ["a", "n"]
+    assert ring.refused() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, frozenset()),
+        ("", frozenset()),
+        (STACK_ARN, frozenset({STACK_ARN})),
+        (f" {STACK_ARN} ,{OUTSIDER_ARN},", frozenset({STACK_ARN, OUTSIDER_ARN})),
+    ],
+    ids=["unset", "empty", "one", "list"],
+)
+def test_runtime_reads_the_stacks_signing_keys_from_the_environment(monkeypatch, value, expected):
+    from oidc_broker import runtime
+
+    if value is None:
+        monkeypatch.delenv("SIGNING_KEY_ARNS", raising=False)
+    else:
+        monkeypatch.setenv("SIGNING_KEY_ARNS", value)
+    assert runtime.signing_key_arns() == expected
+
+
+def test_runtime_key_ring_fails_closed_without_the_variable(monkeypatch):
+    from oidc_broker import runtime
+
+    monkeypatch.delenv("SIGNING_KEY_ARNS", raising=False)
+    ring = runtime.key_ring(FakeSource([own("a", ACTIVE)]))
+    assert (ring.jwks(), ring.signing_key()) == ({"keys": []}, None)
+
+
+def test_runtime_key_ring_trusts_the_keys_the_variable_names(monkeypatch):
+    from oidc_broker import runtime
+
+    monkeypatch.setenv("SIGNING_KEY_ARNS", STACK_ARN)
+    ring = runtime.key_ring(FakeSource([own("a", ACTIVE), own("x", NEXT, key_arn=OUTSIDER_ARN)]))
+    assert [k["kid"] for k in ring.jwks()["keys"]] == ["a"]

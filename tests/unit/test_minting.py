@@ -12,7 +12,7 @@ from builders import BROKER, CI, NOW, caller_claims, config_doc, public_der, spa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from oidc_broker import config, keys, minting
+from oidc_broker import callers, config, keys, minting, tokens
 from oidc_broker.callers import IssuerKeys
 from oidc_broker.errors import BrokerError, InvalidGrant, InvalidTarget, ServerError
 from oidc_broker.store import AlreadyUsed, Grant
@@ -186,11 +186,27 @@ def test_issue_records_the_grant_before_returning(setup):
     )
 
 
-def test_a_grant_is_kept_past_a_far_caller_expiry_as_a_replay_guard(setup):
-    exp = int(NOW) + minting.AUDIT_RETENTION + 1000
+def test_a_grant_is_kept_past_the_caller_tokens_expiry_as_a_replay_guard(setup, monkeypatch):
+    monkeypatch.setattr(minting, "AUDIT_RETENTION", 0)
+    setup.issue(setup.ci.token(caller_claims(exp=int(NOW) + 300)))
+    (grant,) = setup.store.grants.values()
+    assert grant.keep_until == int(NOW) + 300 + 60 + minting.REPLAY_MARGIN
+
+
+def test_a_grant_is_kept_only_while_a_far_expiring_caller_token_is_not_too_old(setup, monkeypatch):
+    monkeypatch.setattr(minting, "AUDIT_RETENTION", 0)
+    iat = int(NOW) - 10
+    setup.issue(setup.ci.token(caller_claims(iat=iat, exp=int(NOW) + 10**9)))
+    (grant,) = setup.store.grants.values()
+    # Past iat + max_token_age + leeway the caller token is refused as too old, whatever its exp.
+    assert grant.keep_until == iat + 3600 + 60 + minting.REPLAY_MARGIN
+
+
+@pytest.mark.parametrize("exp", [int(NOW) + 10**9, NOW + 1e9 + 0.5, callers.MAX_TIME])
+def test_a_grants_ttl_does_not_follow_an_absurd_caller_expiry(setup, exp):
     setup.issue(setup.ci.token(caller_claims(exp=exp)))
     (grant,) = setup.store.grants.values()
-    assert grant.keep_until == exp + 60 + minting.REPLAY_MARGIN
+    assert grant.keep_until == int(NOW) + minting.AUDIT_RETENTION
 
 
 def test_a_replayed_caller_token_is_refused(setup):
@@ -341,3 +357,30 @@ def test_a_caller_sub_too_long_to_sign_is_refused_as_the_callers_fault(setup):
     assert info.value.status == 400
     assert info.value.reason == "invalid_sub"
     assert setup.store.grants == {}
+
+
+# A sub at the limit in the costliest characters: each escapes to 6 (\u4e00) or 12 (a surrogate pair) bytes.
+@pytest.mark.parametrize("sub", ["\u4e00" * (callers.MAX_SUB_BYTES // 6), "\U0001f600" * (callers.MAX_SUB_BYTES // 12),
+                                 "\"" * (callers.MAX_SUB_BYTES // 2), "s" * callers.MAX_SUB_BYTES])
+def test_a_caller_sub_at_the_serialized_limit_is_minted(setup, sub):
+    issued = setup.issue(setup.ci.token(caller_claims(sub=sub)))
+    assert setup.verify_minted(issued.token, "sts.amazonaws.com")["act"]["sub"] == sub
+
+
+@pytest.mark.parametrize("sub", ["\u4e00" * (callers.MAX_SUB_BYTES // 6 + 1), "\U0001f600" * (callers.MAX_SUB_BYTES // 12 + 1),
+                                 "\"" * (callers.MAX_SUB_BYTES // 2 + 1)])
+def test_a_caller_sub_over_the_serialized_limit_is_refused_though_its_characters_are_few(setup, sub):
+    with pytest.raises(InvalidGrant) as info:
+        setup.issue(setup.ci.token(caller_claims(sub=sub)))
+    assert (info.value.status, info.value.reason) == (400, "invalid_sub")
+    assert (setup.store.grants, setup.signer.calls) == ({}, [])
+
+
+def test_a_token_too_large_to_sign_is_a_refusal_that_records_and_signs_nothing(setup, monkeypatch):
+    monkeypatch.setattr(tokens, "MAX_SIGNING_INPUT", 600)
+    with pytest.raises(InvalidGrant) as info:
+        setup.issue(setup.ci.token(caller_claims(sub="s" * 300)))
+    assert (info.value.status, info.value.reason) == (400, "minted_token_too_large")
+    assert "KMS signs at most 600" in info.value.description
+    assert info.value.caller == {"caller_issuer": CI, "caller_subject": "s" * 300}
+    assert (setup.store.grants, setup.signer.calls) == ({}, [])

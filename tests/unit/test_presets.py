@@ -42,3 +42,36 @@ def test_github_refuses_pull_request_target_and_workflow_run_by_default():
 def test_ascii_lower_leaves_unicode_alone():
     assert presets.ascii_lower("ACME/App") == "acme/app"
     assert presets.ascii_lower("\u212a") == "\u212a"  # Kelvin sign does not become 'k'
+
+
+@pytest.mark.parametrize("preset", [presets.GITHUB, presets.GITLAB, presets.BUILDKITE, presets.CIRCLECI], ids=lambda p: p.name)
+def test_every_shared_issuer_preset_names_immutable_tenant_ids(preset):
+    assert preset.tenant and preset.tenant <= preset.immutable
+
+
+def test_the_generic_preset_pins_no_tenant():
+    assert presets.GENERIC.tenant == frozenset() and presets.GENERIC.tenant_subject is None
+
+
+@pytest.mark.parametrize("preset", [p for p in presets.PRESETS.values() if p.claims], ids=lambda p: p.name)
+def test_every_claim_with_a_span_is_a_claim_the_preset_knows(preset):
+    assert set(preset.spans) <= set(preset.claims)
+
+
+@pytest.mark.parametrize("sub, pinned", [
+    ("repo:acme@7/app@42:ref:refs/heads/main", True),
+    ("repo:acme@7/*:environment:production", True),
+    ("repo:acme/app:ref:refs/heads/main", False),
+    ("repo:*@7/app@42:ref:refs/heads/main", False),
+    ("repo:acme@7*/app@42:ref:refs/heads/main", False),
+    ("repo:acme@x/app@42:ref:refs/heads/main", False),
+    ("repo:acme@7", False),
+])
+def test_githubs_immutable_subject_form_needs_a_literal_owner_and_id(sub, pinned):
+    assert bool(presets.GITHUB.tenant_subject.fullmatch(sub)) is pinned
+
+
+@pytest.mark.parametrize("pattern, spans", [("refs/heads/*", True), ("feature/*", True), ("refs/heads/release-*", False),
+                                            ("refs/heads/*-rc", False)])
+def test_the_branch_span_covers_a_star_after_the_last_slash(pattern, spans):
+    assert bool(presets.BRANCH.where.fullmatch(pattern)) is spans

@@ -112,3 +112,29 @@ def test_assemble_appends_the_base64url_signature():
 
 def test_b64url_has_no_padding():
     assert tokens.b64url(b"a") == "YQ"
+
+
+def test_a_signing_input_too_large_is_a_too_large_error_with_its_size():
+    with pytest.raises(tokens.TooLarge) as info:
+        tokens.signing_input(*_input_of_length(5000))
+    assert info.value.size == 5000 and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("value, length", [("abc", 5), ("\u4e00", 8), ("\U0001f600", 14), ('"\n', 6), ({"a": 1}, 7)])
+def test_encoded_length_counts_the_escaped_json_bytes_a_token_carries(value, length):
+    assert tokens.encoded_length(value) == length
+
+
+# The caller's sub is the only caller-chosen value of unbounded shape in the token (callers.MAX_SUB_BYTES bounds it):
+# at its limit, with the longest audience config allows and a long subject, the token still fits what KMS signs.
+@pytest.mark.parametrize("sub", ["\U0001f600" * (1024 // 12), "\u4e00" * (1024 // 6), "s" * 1024])
+def test_a_caller_sub_at_its_limit_fits_beside_long_configured_values(sub):
+    from oidc_broker.callers import MAX_SUB_BYTES
+
+    assert tokens.encoded_length(sub) - 2 <= MAX_SUB_BYTES
+    target = Target(space="a" * 63, name="b" * 63, kind="account", provider="aws", audience="c" * 512,
+                    subject_keys=TARGET.subject_keys, lifetime=3600)
+    subj = subject.build(target.subject_keys, {"space": "a" * 63, "environment": "e" * 63, "account": "b" * 63}, "aws")
+    body = make_claims(issuer="https://" + "i" * 192, target=target, subject=subj,
+                       caller=tokens.Caller(issuer="https://" + "c" * 192, subject=sub), jti=None)
+    assert len(tokens.signing_input(tokens.header("k" * 43), body)) <= tokens.MAX_SIGNING_INPUT

@@ -34,9 +34,34 @@ def read(path: Path, *, local_url: str | None = None) -> dict[str, Any]:
     return document
 
 
-def apply(document: dict[str, Any], source: str, store: Any, *, allow_loopback_http: bool = False,
-          now: float | None = None) -> config_module.Config:
-    """Validate, then write. Raises ConfigError (nothing written) when anything is invalid."""
+def deployment_issuer(store: Any, stated: str | None = None) -> str:
+    """The issuer of the deployment behind `store`: recorded by the stack, or `stated` (--issuer).
+
+    When both are known they must agree, and one must be: a configuration whose `issuer` is not
+    the deployment's makes every mint fail, so it is refused before anything is written.
+    """
+    deployment = store.get_deployment()
+    recorded = deployment["issuer"] if deployment else None
+    if recorded is not None and stated is not None and stated != recorded:
+        raise ApplyError(f"--issuer is {stated}, but this deployment's issuer is {recorded}")
+    if recorded is None and stated is None:
+        raise ApplyError(
+            "the table does not record this deployment's issuer (a stack deployed before oidc-broker recorded it): "
+            "redeploy the stack, or state it with --issuer URL (the stack output IssuerUrl)"
+        )
+    return recorded or stated
+
+
+def apply(document: dict[str, Any], source: str, store: Any, *, issuer: str | None = None,
+          allow_loopback_http: bool = False, now: float | None = None) -> config_module.Config:
+    """Validate, check the issuer is the deployment's, then write.
+
+    Raises ConfigError when anything is invalid and ApplyError when the configuration's `issuer`
+    is not this deployment's (see deployment_issuer); either way nothing is written.
+    """
     config = config_module.parse(document, source, allow_loopback_http=allow_loopback_http)
+    expected = deployment_issuer(store, issuer)
+    if config.issuer != expected:
+        raise ApplyError(f"{source}: issuer: is {config.issuer}, but this deployment's issuer is {expected}")
     store.put_config(document, source, int(time.time() if now is None else now))
     return config

@@ -1,22 +1,33 @@
 """`oidc-broker explain`: why a CI token would or would not get a token for a target.
 
 For administrators: it shows the caller token's claims (never the token itself), each trust
-rule's verdict check by check, and the subject and audience that would be minted.
+rule's verdict check by check, and the subject and audience that would be minted. A rule whose
+claims match a token that failed its signature or time checks is shown as "claims match, but
+the token is not valid", never as admitting it.
+
+Exit codes:
+  0  a trust rule admits the token to the target, and its signature and times were verified
+  1  not admitted: no rule admits it, the token is not valid, or (--no-verify) not verified
+  2  usage or configuration error (the configuration cannot be read, the target does not exist)
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from oidc_broker import callers, subject
-from oidc_broker.config import Config
-from oidc_broker.errors import BrokerError
+if TYPE_CHECKING:
+    from oidc_broker import callers
+    from oidc_broker.config import Config
 
 
 def explain(token: str, target_ref: str, config: Config, keys: callers.IssuerKeys | None, out: TextIO,
             now: float | None = None) -> int:
-    """Print the explanation; exit code 0 when the token would be admitted, 1 when not."""
+    """Print the explanation; the exit code as the module docstring says (0, 1 or 2)."""
+    # Imported here so that `--help` (which reads this module's docstring) loads no broker code.
+    from oidc_broker import callers, subject
+    from oidc_broker.errors import BrokerError
+
     now = time.time() if now is None else now
     try:
         header, claims = callers.parse(token)
@@ -30,33 +41,34 @@ def explain(token: str, target_ref: str, config: Config, keys: callers.IssuerKey
         return 1
     print(f"issuer     {issuer.name} ({issuer.preset.title}; leeway {issuer.leeway}s, max age {issuer.max_token_age}s)", file=out)
 
-    verified = True
+    # verified: the signature was checked and held; valid: nothing checked failed.
+    verified, valid = keys is not None, True
     if keys is None:
         print("signature  not checked (--no-verify)", file=out)
-        verified = False
         try:
             callers.check_claims(claims, issuer, now)
             print("time       ok", file=out)
         except BrokerError as e:
             print(f"time       FAIL: {e.description}", file=out)
+            valid = False
     else:
         try:
             claims = callers.verify(token, config, keys, now).claims
             print("signature  ok; time ok", file=out)
         except BrokerError as e:
             print(f"signature  FAIL: {e.description}", file=out)
-            verified = False
+            verified = valid = False
 
     target = config.target(target_ref)
     if target is None:
         print(f"target     NOT FOUND: {target_ref!r} is not a <space>/<target> of this configuration", file=out)
-        return 1
+        return 2
     print(f"target     {target.ref} ({target.provider} {target.kind}), audience {target.audience!r}", file=out)
 
     caller = callers.VerifiedCaller(issuer, claims)
     admitted = None
     for report in callers.explain(config, caller, target):
-        verdict = "ADMITS" if report.admits else "refuses"
+        verdict = "refuses" if not report.admits else "ADMITS" if valid else "claims match, but the token is not valid"
         print(f"\nrule {report.rule.name}: {verdict}", file=out)
         for check in report.checks:
             actual = _actual(check.name, claims)
@@ -67,6 +79,9 @@ def explain(token: str, target_ref: str, config: Config, keys: callers.IssuerKey
 
     if admitted is None:
         print("\nno trust rule admits this token to the target", file=out)
+        return 1
+    if not valid:
+        print(f"\nwould refuse: the token is not valid (see above); rule {admitted.name} matches its claims", file=out)
         return 1
     try:
         values = {"space": target.space, target.kind: target.name, **callers.context_values(admitted, caller, target)}

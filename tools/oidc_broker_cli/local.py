@@ -1,9 +1,10 @@
 """Local mode: the real handlers behind an HTTP adapter, with an embedded AWS.
 
 Starts moto's server on a free loopback port and points boto3 at it through AWS_ENDPOINT_URL,
-and a verifying STS emulator in front of it through AWS_ENDPOINT_URL_STS; creates the table and
-the KMS keys as template.yaml declares them, registers the signing key through the key ring
-function's own custom resource handler, applies the configuration, registers the broker as an
+a verifying STS emulator in front of it through AWS_ENDPOINT_URL_STS, and an ECR Public emulator
+(moto has none; it accepts only credentials that STS issued) through AWS_ENDPOINT_URL_ECR_PUBLIC;
+creates the table and the KMS keys as template.yaml declares them, registers the signing key
+through the key ring function's own custom resource handler, applies the configuration, registers the broker as an
 IAM OIDC provider with a role per AWS target whose trust policy admits the subjects the broker
 mints for it, and serves every HttpApi route of template.yaml by building API Gateway HTTP API
 (payload 2.0) events. The production code is the same code; only its environment differs.
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,13 +65,23 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def http_api_event(route: Route, method: str, raw_path: str, query: str, headers: dict[str, str],
+def http_api_event(route: Route, method: str, raw_path: str, query: str,
+                   headers: Mapping[str, str] | Iterable[tuple[str, str]],
                    body: bytes, source_ip: str, path_params: dict[str, str]) -> dict[str, Any]:
-    """An API Gateway HTTP API payload 2.0 event, as API Gateway builds it."""
+    """An API Gateway HTTP API payload 2.0 event, as API Gateway builds it.
+
+    `headers` as received, repeated ones included: API Gateway joins a repeated header's values
+    with commas (so two Authorization headers reach the handler as one value it refuses), and
+    moves every Cookie header's cookies into `cookies`.
+    """
     now = time.time()
     lowered: dict[str, str] = {}
-    for name, value in headers.items():
+    cookies: list[str] = []
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
         key = name.lower()
+        if key == "cookie":
+            cookies.extend(c.strip() for c in value.split(";") if c.strip())
+            continue
         lowered[key] = f"{lowered[key]},{value}" if key in lowered else value
     content_type = lowered.get("content-type", "")
     is_text = not body or content_type.startswith(TEXT_TYPES)
@@ -105,6 +117,8 @@ def http_api_event(route: Route, method: str, raw_path: str, query: str, headers
         },
         "isBase64Encoded": not is_text,
     }
+    if cookies:
+        event["cookies"] = cookies
     if query:
         params: dict[str, str] = {}
         for k, v in parse_qsl(query, keep_blank_values=True):
@@ -188,10 +202,23 @@ class LocalBroker:
         patch_moto_ecr_expiry()
         self._iam = boto3.client("iam", endpoint_url=self.aws_endpoint)
         moto_sts = boto3.client("sts", endpoint_url=self.aws_endpoint)
-        self._sts = StsEmulator(Verifier(IamDirectory(self._iam, ACCOUNT_ID)), moto_credentials(moto_sts),
+        from oidc_broker_emulators.ecr_public import IssuedCredentials
+
+        self._issued = IssuedCredentials()  # what STS hands out is what ECR Public accepts
+        self._sts = StsEmulator(Verifier(IamDirectory(self._iam, ACCOUNT_ID)),
+                                self._issued.recording(moto_credentials(moto_sts)),
                                 passthrough=self.aws_endpoint).start()
         self.sts_endpoint = self._sts.url
         os.environ["AWS_ENDPOINT_URL_STS"] = self.sts_endpoint
+        self._start_ecr_public()
+
+    def _start_ecr_public(self) -> None:
+        """moto has no ECR Public: the emulator serves registry tokens to requests signed with role credentials."""
+        from oidc_broker_emulators.ecr_public import EcrPublicEmulator
+
+        self._ecr_public = EcrPublicEmulator(self._issued).start()
+        self.ecr_public_endpoint = self._ecr_public.url
+        os.environ["AWS_ENDPOINT_URL_ECR_PUBLIC"] = self.ecr_public_endpoint
 
     def _provision(self) -> None:
         import boto3
@@ -239,8 +266,6 @@ class LocalBroker:
 
     def _create_custom_resources(self, refs: dict[str, str]) -> None:
         """Send each custom resource its Create event, as CloudFormation would, and await SUCCESS."""
-        from .template import _resolve
-
         for logical_id, resource in self.template.resources.items():
             if not resource.get("Type", "").startswith("Custom::"):
                 continue
@@ -254,7 +279,8 @@ class LocalBroker:
                 "RequestId": request_id,
                 "ResourceType": resource["Type"],
                 "LogicalResourceId": logical_id,
-                "ResourceProperties": {"ServiceToken": service, **{k: _resolve(v, refs) for k, v in props.items()}},
+                "ResourceProperties": {"ServiceToken": service,
+                                       **{k: self.template.resolve(v, refs) for k, v in props.items()}},
             }
             self.invoke(service, event)
             response = self._cfn_responses.get(request_id)
@@ -297,6 +323,7 @@ class LocalBroker:
         self._server.shutdown()
         self._server.server_close()
         self._sts.stop()
+        self._ecr_public.stop()
         self._moto.stop()
 
     def banner(self) -> str:
@@ -309,6 +336,7 @@ oidc-broker local mode
   discovery      {self.issuer}/.well-known/openid-configuration
   embedded AWS   {self.aws_endpoint} (moto)
   AWS STS        {self.sts_endpoint} (verifying emulator; OIDC provider {self.issuer})
+  ECR Public     {self.ecr_public_endpoint} (emulator; signed with role credentials from AWS STS only)
   dev CI issuer  {self.dev_ci.issuer}
   targets        {', '.join(self.targets)}
 
@@ -334,6 +362,8 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "oidc-broker-local"
         protocol_version = "HTTP/1.1"
+        # TCP_NODELAY on each accepted connection: with Nagle, a keep-alive client waits ~45 ms a request.
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt: str, *args: Any) -> None:
             sys.stderr.write(f"local: {self.command} {urlsplit(self.path).path} {args[1] if len(args) > 1 else ''}\n")
@@ -374,7 +404,7 @@ def _handler_for(broker: LocalBroker) -> type[BaseHTTPRequestHandler]:
                     params = route.match(self.command if self.command != "HEAD" else "GET", parts.path)
                     if params is None:
                         continue
-                    event = http_api_event(route, self.command, parts.path, parts.query, dict(self.headers.items()),
+                    event = http_api_event(route, self.command, parts.path, parts.query, self.headers.items(),
                                            body, self.client_address[0], params)
                     return self._lambda_response(broker.invoke(route.function, event))
                 return self._send(404, {"message": "Not Found"})

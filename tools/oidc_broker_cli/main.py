@@ -131,6 +131,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     import boto3
+    import botocore.exceptions
 
     from oidc_broker.store import Store
 
@@ -141,10 +142,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
         store = Store(boto3.client("dynamodb"), table)
-        config = apply_module.apply(document, args.file, store, allow_loopback_http=args.allow_loopback_http)
+        config = apply_module.apply(document, args.file, store, issuer=args.issuer,
+                                    allow_loopback_http=args.allow_loopback_http)
     except (apply_module.ApplyError, config_module.ConfigError) as e:
         print(e, file=sys.stderr)
         print("nothing was written", file=sys.stderr)
+        return 2
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        # One line, not a traceback; applying again is safe (one whole-item write).
+        print(f"oidc-broker apply: {table}: {e}", file=sys.stderr)
+        print("check the table name and your AWS credentials, then apply again", file=sys.stderr)
         return 2
     print_warnings(config, args.file)
     print(f"applied {args.file} to {table}: issuer {config.issuer}")
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("apply", help="validate a configuration file and write it to the broker's table")
     p.add_argument("file")
     p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
+    p.add_argument("--issuer", metavar="URL",
+                   help="the deployment's issuer (stack output IssuerUrl); the file's issuer: must equal it. "
+                        "Needed only for a stack that does not record it yet")
     p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_apply)
 
@@ -198,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=3000, help="port to serve on (0: any free port)")
     p.set_defaults(func=cmd_local)
 
-    p = sub.add_parser("explain", help="show each trust rule's verdict on a CI token for a target")
+    from .explain import __doc__ as explain_doc
+
+    p = sub.add_parser("explain", help="show each trust rule's verdict on a CI token for a target",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="exit codes:" + explain_doc.split("Exit codes:", 1)[1].rstrip())
     p.add_argument("--target", required=True, help="<space>/<target>")
     p.add_argument("token", help="the caller's CI token, or - to read it from standard input")
     p.add_argument("--config", help="configuration file (default: the one applied to --table)")
@@ -207,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-loopback-http", action="store_true", help="accept http:// loopback issuers (local mode)")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("trust-policy", help="print the trust policy a target's cloud role needs")
+    p = sub.add_parser("trust-policy", help="print the trust policy a target's cloud role needs: exactly the "
+                                            "subjects the trust rules can get minted ('*' only where a caller's "
+                                            "claim chooses the value)")
     p.add_argument("cloud", choices=["aws"])
     p.add_argument("--target", required=True, help="<space>/<target>")
     p.add_argument("--config", help="configuration file (default: the one applied to --table)")

@@ -68,8 +68,33 @@ class Template:
     def parameter_default(self, name: str) -> str:
         return str(self.doc.get("Parameters", {}).get(name, {}).get("Default", ""))
 
+    def resolve(self, value: Any, refs: dict[str, str]) -> str:
+        """A property value with Ref/GetAtt/Sub resolved from `refs`, and Fn::If by the template's Conditions."""
+        return _resolve(value, refs, self.doc.get("Conditions") or {})
 
-def _resolve(value: Any, refs: dict[str, str]) -> str:
+
+def _holds(condition: Any, refs: dict[str, str], conditions: dict[str, Any]) -> bool:
+    """A condition expression evaluated as CloudFormation does, over resolved `refs`."""
+    (function, args), = condition.items()
+    if function in ("Condition", "Fn::Condition"):
+        return _holds(conditions[args], refs, conditions)
+    if function == "Fn::Equals":
+        return _resolve(args[0], refs, conditions) == _resolve(args[1], refs, conditions)
+    if function == "Fn::Not":
+        return not _holds(args[0], refs, conditions)
+    if function == "Fn::And":
+        return all(_holds(a, refs, conditions) for a in args)
+    if function == "Fn::Or":
+        return any(_holds(a, refs, conditions) for a in args)
+    raise ValueError(f"local mode cannot evaluate the condition {condition!r}")
+
+
+def _resolve(value: Any, refs: dict[str, str], conditions: dict[str, Any] | None = None) -> str:
+    if isinstance(value, dict) and "Fn::If" in value and conditions is not None:
+        name, then, otherwise = value["Fn::If"]
+        # Only the branch taken is resolved, as in CloudFormation (the other may name a resource
+        # local mode does not have, such as the HttpApi).
+        return _resolve(then if _holds(conditions[name], refs, conditions) else otherwise, refs, conditions)
     if isinstance(value, dict) and "Ref" in value:
         return refs[value["Ref"]]
     if isinstance(value, dict) and "Fn::GetAtt" in value:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from .discovery import TOKEN_EXCHANGE
-from .errors import BrokerError, InvalidRequest, InvalidTarget, ServerError, Unauthorized, UnsupportedGrantType
+from .errors import BrokerError, InvalidRequest, InvalidTarget, ServerError, Unauthorized, UnsupportedGrantType, quoted
 from .tokens import ISSUED_TOKEN_TYPE
 
 if TYPE_CHECKING:
@@ -24,6 +25,13 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024
 SUBJECT_TOKEN_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
 FORM = "application/x-www-form-urlencoded"
+MAX_TARGET_LENGTH = 200
+# `<space>/<target>` in printable ASCII without spaces: what is echoed and logged cannot break a line.
+_TARGET_REF = re.compile(r"[!-.0-~]+/[!-.0-~]+")
+
+
+def is_target_ref(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_TARGET_LENGTH and _TARGET_REF.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,9 @@ def token_request(event: dict[str, Any]) -> TokenRequest:
     if "actor_token" in params:
         raise InvalidRequest("actor_token is not supported", "actor_token")
     audience = params["audience"]
-    space, sep, target = audience.partition("/")
-    if not sep or not space or not target or "/" in target or len(audience) > 200:
-        raise InvalidTarget("audience must be <space>/<target>", "malformed_audience")
+    if not is_target_ref(audience):
+        raise InvalidTarget(f"audience must be <space>/<target> (printable ASCII, at most {MAX_TARGET_LENGTH} characters)",
+                            "malformed_audience")
     return TokenRequest(subject_token=params["subject_token"], audience=audience)
 
 
@@ -157,7 +165,7 @@ def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document: dict[str, Any] = {}
     for name, value in pairs:
         if name in document:
-            raise InvalidRequest(f"parameter {name!r} is repeated", "repeated_parameter")
+            raise InvalidRequest(f"parameter {quoted(name)} is repeated", "repeated_parameter")
         document[name] = value
     return document
 
@@ -170,21 +178,19 @@ def exchange_request(event: dict[str, Any]) -> ExchangeRequest:
         raise InvalidRequest(f"Content-Type must be {JSON}", "bad_content_type")
     try:
         document = json.loads(body(event).decode("utf-8"), object_pairs_hook=_no_repeats)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the interpreter's stack
         raise InvalidRequest('request body must be a JSON object: {"target": "<space>/<target>"}', "malformed_body") from None
     if not isinstance(document, dict):
         raise InvalidRequest('request body must be a JSON object: {"target": "<space>/<target>"}', "malformed_body")
     unknown = sorted(set(document) - {"target"})
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}; the body is {{\"target\": \"<space>/<target>\"}}", "unknown_field")
+        raise InvalidRequest(f"unknown field {quoted(unknown[0])}; the body is {{\"target\": \"<space>/<target>\"}}", "unknown_field")
     target = document.get("target")
     if target is None:
         raise InvalidRequest("target is required", "missing_target")
-    if not isinstance(target, str) or len(target) > 200:
-        raise InvalidTarget("target must be <space>/<target>", "malformed_target")
-    space, sep, name = target.partition("/")
-    if not sep or not space or not name or "/" in name:
-        raise InvalidTarget("target must be <space>/<target>", "malformed_target")
+    if not is_target_ref(target):
+        raise InvalidTarget(f"target must be <space>/<target> (printable ASCII, at most {MAX_TARGET_LENGTH} characters)",
+                            "malformed_target")
     return ExchangeRequest(subject_token=token, target=target)
 
 

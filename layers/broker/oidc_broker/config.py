@@ -9,6 +9,7 @@ it and the rule broken, and yields a Config only when there are none. It never r
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -211,13 +212,38 @@ class Config:
         return tuple(r for r in self.spaces[target.space].trust if target.name in r.targets)
 
     def subject_patterns(self, target: Target) -> list[str]:
-        """Every subject the broker can mint for `target`; `*` stands for a value from a caller claim."""
+        """Every subject the broker can mint for `target`, exactly: `*` only for a value a caller's
+        claim chooses (a context claim its rule leaves unpinned or matches with a glob)."""
         patterns = set()
         for rule in self.rules_for(target):
-            values = {"space": target.space, target.kind: target.name}
-            values.update({k: v.literal for k, v in rule.context.items() if v.literal is not None})
-            patterns.add(subject.pattern(target.subject_keys, values))
+            choices: list[list[tuple[str, str]]] = []
+            for key in target.subject_keys:
+                source = rule.context.get(key)
+                if source is not None:
+                    choices.append([(key, v) for v in _context_choices(rule, source)])
+            for combination in itertools.product(*choices):
+                values = {"space": target.space, target.kind: target.name, **dict(combination)}
+                if "*" not in values.values():
+                    try:
+                        subject.build(target.subject_keys, values, target.provider)
+                    except subject.SubjectError:  # too long: never minted
+                        continue
+                patterns.add(subject.pattern(target.subject_keys, values))
         return sorted(patterns)
+
+
+def _context_choices(rule: TrustRule, source: ContextValue) -> list[str]:
+    """The values a context source can give a subject: its literal; for a claim the rule pins with
+    exact values, those that can be minted (slugs as the token must carry them); else '*'."""
+    if source.literal is not None:
+        return [source.literal]
+    condition = rule.claims.get(source.claim)
+    if condition is None or any(isinstance(a, Glob) for a in condition.alternatives):
+        return ["*"]
+    # A case-insensitive match admits any spelling, but only the lower-case one is a slug.
+    spelled = (presets.ascii_lower(a) if condition.case_insensitive else a
+               for a in condition.alternatives if isinstance(a, str))
+    return sorted({v for v in spelled if subject.is_slug(v)})
 
 
 def is_loopback(host: str | None) -> bool:
@@ -563,6 +589,12 @@ def _parse_conditions(p: _Problems, item: dict, path: str, issuer: TrustedIssuer
             p.warn(cpath, f"{preset.title} tokens carry no {claim!r} claim; this rule can never match")
     if len(conditions) != len(claims):
         return None
+    if preset.tenant and not issuer.single_tenant and not _pins_tenant(conditions, preset):
+        p.add(f"{path}.claims", _unpinned(preset))
+    for claim, condition in conditions.items():
+        for glob_ in (a for a in condition.alternatives if isinstance(a, Glob)):
+            if advice := _glob_advice(preset, claim, glob_.pattern):
+                p.warn(f"{path}.claims.{claim}", advice)
     for claim in conditions:
         id_claim = preset.id_for.get(claim)
         if id_claim and id_claim not in conditions:
@@ -570,6 +602,38 @@ def _parse_conditions(p: _Problems, item: dict, path: str, issuer: TrustedIssuer
     if preset.user_controlled and set(conditions) <= preset.user_controlled:
         p.warn(f"{path}.claims", "matches only values the pipeline's author chooses; add a repository or project ID")
     return conditions
+
+
+def _pins_tenant(conditions: Mapping[str, Condition], preset: presets.Preset) -> bool:
+    """Whether a rule admits one tenant of a shared issuer only: a tenant ID claim matched with
+    exact values, or (GitHub) a `sub` whose every alternative is in the immutable subject form."""
+    for claim in preset.tenant & conditions.keys():
+        if not any(isinstance(a, Glob) for a in conditions[claim].alternatives):
+            return True
+    sub = conditions.get("sub")
+    if sub is not None and preset.tenant_subject is not None:
+        texts = [a.pattern if isinstance(a, Glob) else a for a in sub.alternatives]
+        return all(isinstance(t, str) and preset.tenant_subject.fullmatch(t) for t in texts)
+    return False
+
+
+def _unpinned(preset: presets.Preset) -> str:
+    ids = " or ".join(repr(c) for c in sorted(preset.tenant))
+    subject_form = f" (or sub in the immutable form {preset.tenant_subject_form!r})" if preset.tenant_subject else ""
+    return (f"pins no tenant, so it admits any {preset.title} customer's pipelines (they share this issuer); "
+            f"match {ids} with exact values{subject_form}, or set single_tenant: true on a trusted "
+            f"issuer that serves one organisation only")
+
+
+def _glob_advice(preset: presets.Preset, claim: str, pattern: str) -> str | None:
+    """Why a glob does not mean what it seems to, when its last '*' stands where the claim's
+    values usually hold '/' or ':' (the preset's spans of that claim); None when it does."""
+    for span in preset.spans.get(claim, ()):
+        if span.where.fullmatch(pattern):
+            head = pattern[:-1]
+            return (f"'*' never matches '/' or ':', so {pattern!r} matches {head + span.short!r} "
+                    f"but not {head + span.long!r}; {span.instead}")
+    return None
 
 
 def _parse_context(p: _Problems, value: object, path: str) -> dict[str, ContextValue] | None:

@@ -86,3 +86,12 @@ class Throttled(TemporarilyUnavailable):
                  log: dict[str, object] | None = None):
         super().__init__(description, reason, log=log)
         self.headers = {"Retry-After": str(int(retry_after))}
+
+
+def quoted(value: object, limit: int = 64) -> str:
+    """A caller's value as an error description may echo it: escaped to ASCII, at most `limit` characters.
+
+    ASCII so that no byte of it can break the log line that carries the description.
+    """
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."

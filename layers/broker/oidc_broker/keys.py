@@ -4,15 +4,16 @@ A key ring entry has a state; rotation only ever adds states to this list:
   next     published in the JWKS, not yet signing (published before use)
   active   published and signing
   retired  still published so tokens it signed stay verifiable, no longer signing
-Keys in any other state are not published. The JWKS is rendered from the entries' stored public
-JWKs, so serving it needs no KMS call. `kid` is the RFC 7638 thumbprint, never the key ARN.
+Keys in any other state are not published, nor are entries of KMS keys the stack did not create
+(KeyRing's `key_arns`). The JWKS is rendered from the entries' stored public JWKs, so serving it
+needs no KMS call. `kid` is the RFC 7638 thumbprint, never the key ARN.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,25 +72,51 @@ class KeyRingSource(Protocol):
     def key_ring(self) -> list[dict[str, Any]]: ...
 
 
-class KeyRing:
-    """The key ring as a function sees it: read from the store, kept in memory `ttl` seconds."""
+UNKNOWN_KEY = "unknown_signing_key"
 
-    def __init__(self, source: KeyRingSource, clock: Callable[[], float], ttl: float = 60.0):
+
+class KeyRing:
+    """The key ring as a function sees it: read from the store, kept in memory `ttl` seconds.
+
+    With `key_arns` (the KMS keys the stack created) an entry naming any other key is refused:
+    neither published nor signed with. Whoever can write a ring item can name any key in it, so
+    the item alone proves nothing. `refused()` lists the entries of the last read that were left
+    out, for the shell to log. Without `key_arns` every entry counts (rings from a trusted source,
+    as in tests); the functions always pass the stack's keys (runtime.key_ring), empty when unset.
+    """
+
+    def __init__(self, source: KeyRingSource, clock: Callable[[], float], ttl: float = 60.0, *,
+                 key_arns: Collection[str] | None = None):
         self._source = source
         self._clock = clock
         self._ttl = ttl
+        self._key_arns = None if key_arns is None else frozenset(key_arns)
         self._entries: list[KeyEntry] | None = None
+        self._refused: list[tuple[KeyEntry, str]] = []
         self._loaded_at = 0.0
 
     def entries(self) -> list[KeyEntry]:
         now = self._clock()
         if self._entries is None or now - self._loaded_at >= self._ttl:
-            entries = [KeyEntry(**item) for item in self._source.key_ring()]
+            entries, self._refused = self._admit(KeyEntry(**item) for item in self._source.key_ring())
             # An empty ring is never cached: the next request looks again.
             if not entries:
                 return []
             self._entries, self._loaded_at = entries, now
         return self._entries
+
+    def refused(self) -> list[tuple[KeyEntry, str]]:
+        """The entries the last read of the store left out, each with its reason."""
+        return list(self._refused)
+
+    def _admit(self, entries: Iterable[KeyEntry]) -> tuple[list[KeyEntry], list[tuple[KeyEntry, str]]]:
+        admitted, refused = [], []
+        for entry in entries:
+            if self._key_arns is not None and entry.key_arn not in self._key_arns:
+                refused.append((entry, UNKNOWN_KEY))
+            else:
+                admitted.append(entry)
+        return admitted, refused
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return render_jwks(self.entries())

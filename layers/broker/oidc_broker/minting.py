@@ -22,7 +22,7 @@ from .errors import BrokerError, InvalidGrant, InvalidTarget, ServerError
 from .keys import KeyRing
 from .store import AlreadyUsed, Grant
 
-# How long past the caller token's exp (plus leeway) its grant is kept as a replay guard.
+# How long past the caller token's last usable moment (plus leeway) its grant is kept as a replay guard.
 REPLAY_MARGIN = 300
 AUDIT_RETENTION = 90 * 24 * 3600
 
@@ -111,7 +111,15 @@ class Broker:
         actor = tokens.Caller(issuer=caller.issuer.issuer, subject=caller.subject)
         body = tokens.claims(issuer=auth.issuer, target=target, subject=auth.subject, caller=actor, now=issued_at,
                              jti=str(uuid.uuid4()))
-        message = tokens.signing_input(tokens.header(key.kid), body)
+        try:
+            message = tokens.signing_input(tokens.header(key.kid), body)
+        except tokens.TooLarge as e:
+            # The caller's sub (act.sub) is what varies between the tokens of one target.
+            error = InvalidGrant(f"the broker token for this caller would be {e.size} bytes to sign; KMS signs at most "
+                                 f"{tokens.MAX_SIGNING_INPUT}: the caller's sub is too long for target {target.ref!r}",
+                                 "minted_token_too_large")
+            error.caller = observe.caller_keys(caller)
+            raise error from None
 
         grant = self._grant(auth, token_jti=body["jti"], issued_at=issued_at, expires_at=body["exp"])
         self._record(grant)
@@ -135,6 +143,9 @@ class Broker:
 
     def _grant(self, auth: Authorization, *, token_jti: str, issued_at: int, expires_at: int) -> Grant:
         caller = auth.caller
+        # The caller token is refused past exp or past iat + max_token_age (each plus leeway), whichever
+        # comes first: its replay guard need not outlive that, whatever exp the caller wrote.
+        usable_until = min(int(caller.claims["exp"]), int(caller.claims["iat"]) + caller.issuer.max_token_age)
         return Grant(
             caller_issuer=caller.issuer.issuer,
             caller_subject=caller.subject,
@@ -146,7 +157,7 @@ class Broker:
             token_jti=token_jti,
             issued_at=issued_at,
             token_expires_at=int(expires_at),
-            keep_until=max(int(caller.claims["exp"]) + caller.issuer.leeway + REPLAY_MARGIN, issued_at + AUDIT_RETENTION),
+            keep_until=max(usable_until + caller.issuer.leeway + REPLAY_MARGIN, issued_at + AUDIT_RETENTION),
         )
 
     def _record(self, grant: Grant) -> None:

@@ -2,15 +2,35 @@
 
 Each preset says which claims its tokens carry, which are immutable IDs, which compare
 case-insensitively, which the pipeline's author or pusher controls, which mutable name each ID
-stands behind, and which values of a claim are dangerous unless a trust rule names them. Reading
-a table tells the whole policy; a rule naming a claim a preset does not know draws a warning.
-Pure data and lookups: no I/O.
+stands behind, which values of a claim are dangerous unless a trust rule names them, which IDs
+pin the tenant on an issuer every customer shares, and where a claim's values hold '/' or ':'
+that a glob's '*' cannot stand for. Reading a table tells the whole policy; a rule naming a
+claim a preset does not know draws a warning. Pure data and lookups: no I/O.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """A place in a claim's values that usually holds '/' or ':', where a glob's '*' falls short.
+
+    `where` fullmatches the text of a glob whose last '*' stands there; the '*' then matches
+    `short` (no delimiter) but never `long` (what values usually hold there).
+    """
+
+    where: re.Pattern[str]
+    short: str
+    long: str
+    instead: str
+
+
+# A branch or tag name after its last fixed '/': names such as 'feature/login' hold '/' too.
+BRANCH = Span(re.compile(r".*/\*"), "main", "feature/login",
+              "add a pattern for each level (e.g. 'refs/heads/*/*') or name the branches")
 
 
 @dataclass(frozen=True)
@@ -31,6 +51,13 @@ class Preset:
     dangerous: dict[str, frozenset[str]] = field(default_factory=dict)
     # claims the CI system sends as strings even when they look like numbers
     strings: frozenset[str] = frozenset()
+    # immutable IDs of one customer: the issuer signs every customer's tokens, so a rule must pin one
+    tenant: frozenset[str] = frozenset()
+    # `sub` values that pin the tenant by themselves (an immutable ID inside the subject)
+    tenant_subject: re.Pattern[str] | None = None
+    tenant_subject_form: str = ""  # that form, as the refusal of an unpinned rule shows it
+    # claim -> places its values usually hold a delimiter ('*' never matches '/' or ':')
+    spans: dict[str, tuple[Span, ...]] = field(default_factory=dict)
 
 
 _STANDARD = {
@@ -43,6 +70,7 @@ GITHUB = Preset(
     title="GitHub Actions",
     claims={
         **_STANDARD,
+        "sub": "repo:OWNER/REPO:CONTEXT, or repo:OWNER@OWNER-ID/REPO@REPO-ID:CONTEXT (new repositories)",
         "actor": "user who triggered the run (a name: can change hands)",
         "actor_id": "immutable ID of the actor",
         "base_ref": "target branch of a pull request",
@@ -73,6 +101,21 @@ GITHUB = Preset(
     dangerous={"event_name": frozenset({"pull_request_target", "workflow_run"})},
     strings=frozenset({"repository_id", "repository_owner_id", "actor_id", "enterprise_id", "run_id",
                        "run_number", "run_attempt", "check_run_id", "ref_protected"}),
+    # One owner or one repository; every GitHub.com customer's tokens share the issuer and its keys.
+    tenant=frozenset({"repository_owner_id", "repository_id"}),
+    # GitHub's immutable subject form: the owner (name@ID) literal; a glob may follow it, since
+    # '*' never crosses '/' or ':'.
+    tenant_subject=re.compile(r"repo:[^/:@*]+@[0-9]+/.+"),
+    tenant_subject_form="repo:OWNER@OWNER-ID/REPO@REPO-ID:...",
+    spans={
+        # 'repo:acme/app:*' matches only 'repo:acme/app:pull_request': the context holds ':' itself.
+        "sub": (Span(re.compile(r"repo:[^:]*:\*"), "pull_request", "ref:refs/heads/main",
+                     "name the context ('...:ref:refs/heads/main', '...:environment:production') "
+                     "or match the repository_id and ref claims instead"), BRANCH),
+        "ref": (BRANCH,), "base_ref": (BRANCH,), "head_ref": (BRANCH,),
+        # 'OWNER/REPO/.github/workflows/FILE@REF': the ref after '@' holds '/'.
+        "workflow_ref": (BRANCH,), "job_workflow_ref": (BRANCH,),
+    },
 )
 
 GITLAB = Preset(
@@ -100,6 +143,11 @@ GITLAB = Preset(
     id_for={"namespace_path": "namespace_id", "project_path": "project_id", "user_login": "user_id"},
     strings=frozenset({"namespace_id", "project_id", "user_id", "pipeline_id", "job_id", "runner_id",
                        "ref_protected", "environment_protected"}),
+    # One group or one project; gitlab.com signs every customer's tokens with the same keys.
+    tenant=frozenset({"namespace_id", "project_id"}),
+    spans={"ref": (BRANCH,), "ref_path": (BRANCH,), "ci_config_ref_uri": (BRANCH,),
+           # 'project_path:G/P:ref_type:branch:ref:NAME': the branch name holds '/'.
+           "sub": (Span(re.compile(r".*:ref:\*"), "main", "feature/login", BRANCH.instead),)},
 )
 
 BUILDKITE = Preset(
@@ -117,6 +165,9 @@ BUILDKITE = Preset(
     immutable=frozenset({"organization_id", "pipeline_id", "cluster_id", "queue_id"}),
     user_controlled=frozenset({"build_branch", "build_tag", "build_commit", "step_key"}),
     id_for={"organization_slug": "organization_id", "pipeline_slug": "pipeline_id"},
+    # One organization, or one of its pipelines (a pipeline ID belongs to one organization).
+    tenant=frozenset({"organization_id", "pipeline_id"}),
+    spans={"build_branch": (BRANCH,)},
 )
 
 CIRCLECI = Preset(
@@ -139,6 +190,9 @@ CIRCLECI = Preset(
     id_for={"oidc.circleci.com/vcs-origin": "oidc.circleci.com/project-id"},
     # Anyone who can rerun a job with SSH holds its token interactively.
     dangerous={"oidc.circleci.com/ssh-rerun": frozenset({True})},
+    # One organization or one project; CircleCI signs every organization's tokens with the same keys.
+    tenant=frozenset({"oidc.circleci.com/org-id", "oidc.circleci.com/project-id"}),
+    spans={"oidc.circleci.com/vcs-ref": (BRANCH,)},
 )
 
 GENERIC = Preset(name="generic", title="a generic OIDC issuer", claims={})

@@ -42,10 +42,16 @@ def store():
     return Store(dynamodb, os.environ["TABLE_NAME"])
 
 
+def signing_key_arns() -> frozenset[str]:
+    """The KMS keys this stack created (SIGNING_KEY_ARNS, comma-separated): the only ones trusted."""
+    return frozenset(arn.strip() for arn in os.environ.get("SIGNING_KEY_ARNS", "").split(",") if arn.strip())
+
+
 def key_ring(source=None):
     from .keys import KeyRing
 
-    return KeyRing(source or store(), time.time)
+    # Unset means no trusted key at all: nothing is published or signed (fail closed, 503).
+    return KeyRing(source or store(), time.time, key_arns=signing_key_arns())
 
 
 def load_config(source) -> config_module.Config:

@@ -2,9 +2,11 @@
 
 Item layout (pk / sk):
   CONFIG / CURRENT                      the applied configuration document (JSON)
+  DEPLOYMENT / CURRENT                  the deployment's issuer URL, recorded at every deploy
   KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK
   ISSUERKEYS#<hash of issuer URL> / CURRENT
-                                        a trusted issuer's last good key set, shared by containers
+                                        a trusted issuer's last good key set, shared by containers;
+                                        ttl = when the issuer served it + its max_key_set_age
   GRANT#<hash of caller iss+jti> / TARGET#<space>/<target>
                                         one accepted caller token for one target; its existence is
                                         the replay guard, its attributes the audit record. The
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 CONFIG_PK, CONFIG_SK = "CONFIG", "CURRENT"
+DEPLOYMENT_PK, DEPLOYMENT_SK = "DEPLOYMENT", "CURRENT"
 KEYRING_PK = "KEYRING"
 AUDIT_INDEX = "audit"
 
@@ -100,6 +104,22 @@ class Store:
         )
         return sha
 
+    # -- the deployment ----------------------------------------------------------------------
+    def get_deployment(self) -> dict[str, Any] | None:
+        """What the stack recorded of itself at its last deploy (Custom::KeyRing), or None."""
+        item = self._db.get_item(
+            TableName=self._table, Key={"pk": _s(DEPLOYMENT_PK), "sk": _s(DEPLOYMENT_SK)}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return None
+        return {"issuer": item["issuer"]["S"], "recorded_at": int(item["recorded_at"]["N"])}
+
+    def put_deployment(self, issuer: str, recorded_at: int) -> None:
+        self._db.put_item(
+            TableName=self._table,
+            Item={"pk": _s(DEPLOYMENT_PK), "sk": _s(DEPLOYMENT_SK), "issuer": _s(issuer), "recorded_at": _n(recorded_at)},
+        )
+
     # -- key ring ----------------------------------------------------------------------------
     def key_ring(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -152,8 +172,12 @@ class Store:
             return None
         return float(item["fetched_at"]["N"]), json.loads(item["keys"]["S"])
 
-    def put_issuer_keys(self, issuer: str, keys: list[dict[str, Any]], fetched_at: float) -> None:
-        """Share a freshly fetched key set, unless another container shared a newer one."""
+    def put_issuer_keys(self, issuer: str, keys: list[dict[str, Any]], fetched_at: float, max_age: float) -> None:
+        """Share a freshly fetched key set, unless another container shared a newer one.
+
+        `fetched_at` is when the issuer served it; readers trust it for `max_age` from then, and
+        the table drops it after that (ttl).
+        """
         try:
             self._db.put_item(
                 TableName=self._table,
@@ -162,6 +186,7 @@ class Store:
                     "issuer": _s(issuer),
                     "keys": _s(json.dumps(keys, sort_keys=True)),
                     "fetched_at": {"N": repr(float(fetched_at))},
+                    "ttl": _n(math.ceil(fetched_at + max_age)),
                 },
                 ConditionExpression="attribute_not_exists(pk) OR fetched_at < :t",
                 ExpressionAttributeValues={":t": {"N": repr(float(fetched_at))}},

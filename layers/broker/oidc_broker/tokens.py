@@ -29,6 +29,19 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
+def encoded_length(value: Any) -> int:
+    """Bytes `value` takes in a token's JSON (non-ASCII escaped: one character may take 12)."""
+    return len(_json(value))
+
+
+class TooLarge(ValueError):
+    """The signing input is larger than KMS signs."""
+
+    def __init__(self, size: int):
+        super().__init__(f"token is {size} bytes before signing; KMS signs at most {MAX_SIGNING_INPUT}")
+        self.size = size
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who asked: the caller token's issuer and subject."""
@@ -60,7 +73,7 @@ def header(kid: str) -> dict[str, str]:
 def signing_input(head: dict[str, str], body: dict[str, Any]) -> bytes:
     message = f"{b64url(_json(head))}.{b64url(_json(body))}".encode("ascii")
     if len(message) > MAX_SIGNING_INPUT:
-        raise ValueError(f"token is {len(message)} bytes before signing; KMS signs at most {MAX_SIGNING_INPUT}")
+        raise TooLarge(len(message))
     return message
 
 

@@ -292,3 +292,108 @@ def test_long_session_names_stay_distinct():
 @given(st.text(max_size=130), st.text(max_size=300))
 def test_session_names_always_satisfy_sts(target_ref, caller):
     assert re.fullmatch(r"[\w+=,.@-]{2,64}", session_name(target_ref, caller), re.ASCII)
+
+
+# -- which cloud answers a retry can change (issue 8, 4d) ---------------------------------------------
+
+NOT_TRANSIENT_5XX = [
+    ("NotImplemented", 501, "AWS NotImplemented"),
+    ("UnknownServerFault", 500, "AWS UnknownServerFault"),  # a code AWS does not document as transient
+    ("500", 500, "HTTP 500"),  # botocore's code for a body that is no AWS error (moto's HTML page)
+    ("503", 503, "HTTP 503"),
+]
+TRANSIENT_CODES = [("Throttling", 400), ("ThrottlingException", 400), ("ServiceUnavailable", 503),
+                   ("InternalFailure", 500), ("ServerException", 500)]
+
+
+class Unreachable:
+    """A client whose every call fails to connect, as botocore reports it."""
+
+    def __getattr__(self, name):
+        from botocore.exceptions import EndpointConnectionError
+
+        def call(**kwargs):
+            raise EndpointConnectionError(endpoint_url="https://sts.us-east-1.amazonaws.com")
+        return call
+
+
+def feed_with(clients, registry: str, service: str):
+    """A feed target whose STS call succeeds; its registry client (ECR or ECR Public) is returned."""
+    target = _config(images={"registry": registry} if registry else None).target("acme/images")
+    assume_role(clients.stub("sts", "eu-west-1"), target)
+    return target, clients.stub(service, "us-east-1" if service == "ecr-public" else "eu-west-1")
+
+
+def not_retried_cloud_error(refused, sleeps, names: str):
+    assert isinstance(refused.value, CloudError) and not isinstance(refused.value, Throttled)
+    assert refused.value.status == 502 and refused.value.error == "cloud_error"
+    assert "Retry-After" not in refused.value.headers
+    assert names in refused.value.description and "<html" not in refused.value.description.lower()
+    assert sleeps == []
+
+
+HTML = "<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>"
+
+
+@pytest.mark.parametrize(("code", "status", "names"), NOT_TRANSIENT_5XX)
+def test_an_sts_5xx_a_retry_would_not_change_is_502_not_retried(exchanger, clients, sleeps, code, status, names):
+    stub = clients.stub("sts")
+    sts_error(stub, code, status, HTML if code.isdigit() else "not implemented")
+    with pytest.raises(CloudError) as refused:
+        exchanger.exchange(request(_config().target("acme/prod")))
+    not_retried_cloud_error(refused, sleeps, names)
+    stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("registry,service", [("", "ecr"), ("ecr-public", "ecr-public")])
+@pytest.mark.parametrize(("code", "status", "names"), NOT_TRANSIENT_5XX)
+def test_a_registry_5xx_a_retry_would_not_change_is_502_not_retried(exchanger, clients, sleeps, registry, service,
+                                                                    code, status, names):
+    target, registry_stub = feed_with(clients, registry, service)
+    registry_stub.add_client_error("get_authorization_token", service_error_code=code, http_status_code=status,
+                                   service_message=HTML if code.isdigit() else "not implemented")
+    with pytest.raises(CloudError) as refused:
+        exchanger.exchange(request(target))
+    not_retried_cloud_error(refused, sleeps, names)
+    assert refused.value.description.startswith("ECR Public" if registry else "ECR (")
+    registry_stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(("code", "status"), TRANSIENT_CODES)
+def test_sts_throttling_and_transient_codes_that_persist_are_503_with_retry_after(exchanger, clients, sleeps,
+                                                                                  code, status):
+    stub = clients.stub("sts")
+    for _ in range(3):
+        sts_error(stub, code, status)
+    with pytest.raises(Throttled) as refused:
+        exchanger.exchange(request(_config().target("acme/prod")))
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "2"}
+    assert code in refused.value.description and len(sleeps) == 2
+    stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("registry,service", [("", "ecr"), ("ecr-public", "ecr-public")])
+@pytest.mark.parametrize(("code", "status"), TRANSIENT_CODES)
+def test_registry_throttling_and_transient_codes_that_persist_are_503_with_retry_after(
+        exchanger, clients, sleeps, registry, service, code, status):
+    target, registry_stub = feed_with(clients, registry, service)
+    for _ in range(3):
+        registry_stub.add_client_error("get_authorization_token", service_error_code=code, http_status_code=status)
+    with pytest.raises(Throttled) as refused:
+        exchanger.exchange(request(target))
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "2"}
+    assert code in refused.value.description and len(sleeps) == 2
+
+
+@pytest.mark.parametrize("service", ["sts", "ecr", "ecr-public"])
+def test_a_cloud_that_cannot_be_reached_is_retried_then_503_with_retry_after(exchanger, clients, sleeps, service):
+    registry = "ecr-public" if service == "ecr-public" else ""
+    target = _config(images={"registry": registry} if registry else None).target(
+        "acme/prod" if service == "sts" else "acme/images")
+    if service != "sts":
+        assume_role(clients.stub("sts", "eu-west-1"), target)
+    clients.clients[service] = Unreachable()
+    with pytest.raises(Throttled) as refused:
+        exchanger.exchange(request(target))
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "2"}
+    assert "EndpointConnectionError" in refused.value.description and len(sleeps) == 2

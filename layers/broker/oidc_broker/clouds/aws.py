@@ -3,8 +3,9 @@
 AssumeRoleWithWebIdentity (unsigned: the broker token is the only credential) with the target's
 role ARN, region and session duration; then, for feed targets, GetAuthorizationToken on ECR or
 ECR Public with the role's credentials. Transient errors and throttling are retried a bounded
-number of times with jittered backoff; every other error is translated once into an error that
-names the role, the subject and the audience AWS was shown and the AWS error code.
+number of times with jittered backoff and then become 503 with Retry-After; every other error,
+a 5xx that a retry would not change included, is translated once into an error that names the
+role, the subject and the audience AWS was shown and the AWS error code (or HTTP status).
 Never logs, returns or raises the broker token, the role credentials or the docker password.
 """
 
@@ -84,8 +85,30 @@ def _is_connection_error(error: Exception) -> bool:
 
 
 def retryable(error: Exception) -> bool:
+    """Whether another try may get another answer: throttling, a transient code, or no answer at all.
+
+    The HTTP status alone never decides: a 5xx with a code AWS does not document as transient
+    (NotImplemented, an unknown code, a body that is no AWS error: the wrong endpoint) comes back
+    the same next time, and a 503 with Retry-After for it would have a pipeline retry forever.
+    """
     code = error_code(error)
-    return code in THROTTLING or code in TRANSIENT or _http_status(error) >= 500 or _is_connection_error(error)
+    return code in THROTTLING or code in TRANSIENT or _is_connection_error(error)
+
+
+def _is_aws_error(error: Exception) -> bool:
+    # botocore names an error whose body it could not parse by its HTTP status ("500").
+    code = error_code(error)
+    return bool(code) and code != str(_http_status(error))
+
+
+def _said(error: Exception) -> str:
+    """What AWS answered, for a message: its code and message, or the HTTP status of a non-AWS body."""
+    code = error_code(error)
+    if _is_aws_error(error):
+        return f"(AWS {code}: {cloud_message(_message(error))})"
+    if code:
+        return f"(HTTP {_http_status(error)} that is not an AWS error response)"
+    return f"({type(error).__name__})"
 
 
 @dataclass
@@ -200,7 +223,7 @@ class AwsExchanger:
 
     def _sts_error(self, error: Exception, request: Request, role_arn: str) -> Exception:
         code = error_code(error)
-        said = f"(AWS {code}: {cloud_message(_message(error))})" if code else f"({type(error).__name__})"
+        said = _said(error)
         host = _host_path(request.issuer)
         sent = f"subject {request.subject!r} with audience {request.target.audience!r}"
         if code == "AccessDenied":
@@ -252,7 +275,8 @@ class AwsExchanger:
         try:
             data = self.backoff.call(ecr.get_authorization_token)["authorizationData"]
         except Exception as e:
-            raise _ecr_error(e, role_arn, "ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken") from None
+            raise _ecr_error(e, role_arn, "ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken",
+                             "ECR Public") from None
         return self._docker(data, ECR_PUBLIC_REGISTRY, session, "ECR Public")
 
     def _docker(self, data: dict[str, Any], registry: str | None, session: dict[str, Any], what: str) -> Credentials:
@@ -271,13 +295,13 @@ class AwsExchanger:
         )
 
 
-def _ecr_error(error: Exception, role_arn: str, permissions: str) -> Exception:
+def _ecr_error(error: Exception, role_arn: str, permissions: str, what: str = "ECR") -> Exception:
     code = error_code(error)
-    said = f"(AWS {code}: {cloud_message(_message(error))})" if code else f"({type(error).__name__})"
+    said = _said(error)
     if code in ("AccessDeniedException", "AccessDenied"):
         return AccessDenied(f"role {role_arn} may not obtain a registry token {said}: grant it {permissions}",
                             "ecr_access_denied")
-    return _unavailable_or_cloud_error(error, code, said, f"ECR (role {role_arn})", "ecr_error")
+    return _unavailable_or_cloud_error(error, code, said, f"{what} (role {role_arn})", "ecr_error")
 
 
 def _unavailable_or_cloud_error(error: Exception, code: str | None, said: str, who: str, reason: str) -> Exception:
@@ -285,6 +309,8 @@ def _unavailable_or_cloud_error(error: Exception, code: str | None, said: str, w
         return Throttled(f"{who} is throttling requests {said}; try again shortly", "aws_throttled", RETRY_AFTER)
     if retryable(error):
         return Throttled(f"{who} is unavailable {said}; try again shortly", "aws_unavailable", RETRY_AFTER)
+    if _http_status(error) >= 500:
+        return CloudError(f"{who} failed {said}, an error that is not transient: retrying will not help", reason)
     return CloudError(f"{who} refused the request {said}", reason)
 
 

@@ -1,0 +1,87 @@
+"""Local mode as a pipeline meets it: started as `oidc-broker local`, spoken to over HTTP.
+
+A module of its own (not conftest.py), so test modules import it by one unambiguous name."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+class LocalMode:
+    def __init__(self, process: subprocess.Popen, base_url: str, log_path: Path):
+        self.process = process
+        self.base_url = base_url
+        self.log_path = log_path
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def log_records(self) -> list[dict]:
+        records = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+        return records
+
+    def ci_token(self, **claims) -> str:
+        response = self.http.post("/_dev/ci/token", json=claims)
+        response.raise_for_status()
+        return response.json()["token"]
+
+    def exchange(self, subject_token: str, audience: str = "default/prod-ecr", **overrides) -> httpx.Response:
+        form = {
+            "grant_type": EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": JWT_TYPE,
+            "audience": audience,
+            **overrides,
+        }
+        return self.http.post("/token", data={k: v for k, v in form.items() if v is not None})
+
+
+def start_local(log_path: Path, *args: str) -> LocalMode:
+    """Start `oidc-broker local` on a free port and wait for its `ready` line."""
+    log = log_path.open("w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oidc_broker_cli.main", "local", "--port", "0", *args],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"local mode exited:\n{log_path.read_text()}")
+        if m := re.search(r"^ready: (http://\S+)", log_path.read_text(), re.M):
+            mode = LocalMode(process, m.group(1), log_path)
+            mode.aws_endpoint = re.search(r"embedded AWS\s+(http://\S+)", log_path.read_text()).group(1)
+            mode._log = log
+            return mode
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"local mode did not become ready:\n{log_path.read_text()}")
+
+
+def stop_local(mode: LocalMode) -> None:
+    mode.http.close()
+    mode.process.send_signal(signal.SIGTERM)
+    try:
+        mode.process.wait(timeout=10)
+    finally:
+        mode._log.close()
