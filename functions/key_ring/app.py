@@ -17,14 +17,13 @@ def handler(event, context):
     try:
         data = {}
         if request_type in ("Create", "Update"):
-            import boto3
-
             properties = event["ResourceProperties"]
             issuer = properties["IssuerUrl"]
             if why := config.url_problem(issuer, allow_loopback_http=runtime.allow_loopback_http()):
                 raise ValueError(f"IssuerUrl {issuer!r}: {why}")
-            store, now = runtime.store(), int(time.time())
-            entry = keys.register(store, boto3.client("kms"), properties["KeyArn"], now)
+            session = runtime.session()  # one per container: the table's client and KMS's
+            store, now = runtime.store(session), int(time.time())
+            entry = keys.register(store, session.client("kms"), properties["KeyArn"], now)
             logger.info("signing key registered", extra={"kid": entry.kid, "state": entry.state})
             store.put_deployment(issuer, now)
             logger.info("deployment issuer recorded", extra={"issuer": issuer})

@@ -5,7 +5,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
 from oidc_broker import api, observe, runtime
-from oidc_broker.errors import BrokerError
+from oidc_broker.handlers import maps_errors
 
 logger = Logger()
 metrics = Metrics()
@@ -14,17 +14,13 @@ broker = runtime.broker()
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 @metrics.log_metrics
+@maps_errors(logger, metrics, "token", failure="token endpoint")
 def handler(event, context):
-    try:
-        request = api.token_request(event)
-        logger.append_keys(target=request.audience)
-        auth = broker.authorize(request.subject_token, request.audience, runtime.issuer_url(api.request_domain(event)))
-        logger.append_keys(**observe.caller_keys(auth.caller))
-        issued = broker.mint(auth)
-    except BrokerError as e:
-        return observe.refused(logger, metrics, e, "token")
-    except Exception:
-        return observe.failed(logger, metrics, "token endpoint")
+    request = api.token_request(event)
+    logger.append_keys(target=request.audience)
+    auth = broker.authorize(request.subject_token, request.audience, runtime.issuer_url(api.request_domain(event)))
+    logger.append_keys(**observe.caller_keys(auth.caller))
+    issued = broker.mint(auth)
 
     logger.info(
         "token minted",

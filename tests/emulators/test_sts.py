@@ -1,82 +1,25 @@
 """tools/emulators/sts.py: the STS emulator refuses what AWS refuses, fetching keys over HTTP.
 
-A small issuer serves discovery and JWKS on loopback; tokens are signed with its key (or not).
+A small issuer (fake_issuer.py) serves discovery and JWKS on loopback; tokens are signed with its key
+(or not). The OIDC checks themselves are tested in test_oidc.py; these prove STS's codes and order.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
-import jwt
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from oidc_broker.clouds.aws import trust_policy
+from fake_issuer import AUDIENCE, SUBJECT
+from oidc_broker.clouds.aws import trust_policy  # the broker's policies are what the emulator must accept
 from oidc_broker_emulators.sts import StaticDirectory, StsEmulator, Verifier, trust_allows
 
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/deploy"
-SUBJECT = "space:acme:account:prod"
-AUDIENCE = "sts.amazonaws.com"
-
-
-class Issuer:
-    """An OIDC issuer on loopback: discovery + JWKS, and tokens signed with its key."""
-
-    def __init__(self, key):
-        self.key = key
-        self.jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "alg": "RS256"}
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/jwks"}
-                elif self.path == "/jwks":
-                    body = {"keys": [issuer.jwk]}
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self, key=None, kid="k1", **claims):
-        now = int(time.time())
-        body = {"iss": self.url, "aud": AUDIENCE, "sub": SUBJECT, "iat": now, "exp": now + 300, **claims}
-        return jwt.encode({k: v for k, v in body.items() if v is not None}, key or self.key, algorithm="RS256",
-                          headers={"kid": kid})
-
-
-@pytest.fixture(scope="module")
-def keys():
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048), \
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def issuer(keys):
-    issuer = Issuer(keys[0])
-    yield issuer
-    issuer.server.shutdown()
 
 
 @pytest.fixture
@@ -147,6 +90,11 @@ def test_an_unreachable_issuer_is_an_idp_communication_error(sts, issuer, direct
     url = "http://127.0.0.1:9"  # discard port: nothing listens
     directory.add_provider(ACCOUNT, url, [AUDIENCE])
     assert refused(sts, issuer.token(iss=url)) == ("IDPCommunicationError", 400)
+
+
+def test_a_discovery_document_naming_another_issuer_is_an_invalid_identity_token(sts, issuer):
+    issuer.claimed_issuer = "https://elsewhere.example.com"
+    assert refused(sts, issuer.token()) == ("InvalidIdentityToken", 400)
 
 
 def test_a_token_expired_beyond_five_minutes_is_refused_within_them_accepted(sts, issuer):

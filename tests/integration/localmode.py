@@ -18,6 +18,25 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+# A small valid configuration (one AWS feed, one trust rule) that CLI and local mode tests vary.
+GOOD = """
+issuer: https://id.example.com
+trusted_issuers:
+  - name: github
+    issuer: https://token.actions.githubusercontent.com
+spaces:
+  - name: default
+    targets:
+      - name: prod-ecr
+        kind: feed
+        provider: aws
+        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
+    trust:
+      - name: app-main
+        issuer: github
+        claims: {repository_owner_id: "7", repository: acme/app, ref: refs/heads/main}
+        targets: [prod-ecr]
+"""
 
 
 class LocalMode:

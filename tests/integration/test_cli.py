@@ -10,27 +10,10 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from localmode import GOOD
 from oidc_broker_cli.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-GOOD = """
-issuer: https://id.example.com
-trusted_issuers:
-  - name: github
-    issuer: https://token.actions.githubusercontent.com
-spaces:
-  - name: default
-    targets:
-      - name: prod-ecr
-        kind: feed
-        provider: aws
-        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
-    trust:
-      - name: app-main
-        issuer: github
-        claims: {repository_owner_id: "7", repository: acme/app, ref: refs/heads/main}
-        targets: [prod-ecr]
-"""
 
 
 @pytest.fixture(scope="module")

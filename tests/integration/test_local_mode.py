@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_cli import GOOD
+from localmode import GOOD
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,6 +7,7 @@ template.yaml with a loader that keeps CloudFormation's short-form tags as their
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -15,8 +16,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
-from oidc_broker_cli.yamlfile import load_template
+from oidc_broker_cli.yamlfile import TemplateLoader, load_template
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
@@ -414,6 +416,30 @@ def test_only_the_exchange_functions_role_gets_cache_data_keys_in_the_caches_con
     assert statement["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "oidc-broker credential cache"}}
 
 
+def _exchange_functions(template: dict) -> dict[str, str]:
+    """Every exchange function: logical id -> its cloud (the route is POST /exchange/<cloud>)."""
+    return {name: props["Path"].removeprefix("/exchange/") for route, (name, props) in _routes(template).items()
+            if route.startswith("POST /exchange/")}
+
+
+def test_every_exchange_function_signs_caches_and_is_shaped_like_the_others(template):
+    # What a new cloud's exchange function needs besides its code: the shared environment,
+    # policies and checkov skips, its folder, and its role in both key policies.
+    exchange = _exchange_functions(template)
+    assert "ExchangeAwsFunction" in exchange
+    signers = _key_users(template, "SigningKey", "kms:Sign")
+    cachers = _key_users(template, "CacheKey", "kms:GenerateDataKey")
+    model = template["Resources"]["ExchangeAwsFunction"]
+    for name, cloud in exchange.items():
+        function = template["Resources"][name]
+        assert function["Properties"]["CodeUri"] == f"functions/exchange_{cloud}/", name
+        for key in ("Environment", "Policies"):
+            assert function["Properties"][key] == model["Properties"][key], (name, key)
+        assert function["Metadata"] == model["Metadata"], name
+        role = json.dumps(_role(name), sort_keys=True)
+        assert role in signers and role in cachers, name
+
+
 def test_the_functions_that_read_the_key_ring_trust_only_the_stacks_signing_key(template):
     # keys.KeyRing publishes and signs only with entries of these keys (runtime.key_ring).
     readers = {n for n, f in _functions(template).items() for s in _dynamodb_statements(f)
@@ -497,6 +523,29 @@ def test_every_route_is_a_literal_path_on_the_one_http_api(template):
     }
     for _, props in routes.values():
         assert props["ApiId"] == {"Ref": "HttpApi"}
+
+
+def _module_names(path: Path) -> set[str]:
+    """The names a module binds at its top level (def, assignment or import)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+def test_every_function_handler_is_defined_in_its_code(template):
+    # Handler is shared in Globals; CodeUri is each function's own folder.
+    for name, function in _functions(template).items():
+        props = function["Properties"]
+        module, attribute = props.get("Handler", template["Globals"]["Function"].get("Handler")).split(".")
+        source = REPO / props["CodeUri"] / f"{module}.py"
+        assert source.is_file(), (name, source)
+        assert attribute in _module_names(source), (name, source)
 
 
 def test_the_key_ring_custom_resource_publishes_the_signing_key(template):
@@ -588,6 +637,70 @@ def test_every_checkov_skip_in_the_template_gives_its_reason(template):
 def test_every_log_group_skips_only_the_cmk_check(template):
     for name in _resources(template, "AWS::Logs::LogGroup"):
         assert [check for (resource, check) in _checkov_skips(template) if resource == name] == ["CKV_AWS_158"], name
+
+
+def _written(predicate) -> list[yaml.Node]:
+    """Every node of template.yaml, as written, that `predicate` picks: a node reused by YAML alias
+    is one node, however many resources read it."""
+    found, seen = [], set()
+
+    def walk(node: yaml.Node) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if predicate(node):
+            found.append(node)
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                walk(key)
+                walk(value)
+
+    walk(yaml.compose(TEMPLATE.read_text(), Loader=TemplateLoader))  # noqa: S506 - a SafeLoader subclass
+    return found
+
+
+def _shape(node: yaml.Node):
+    """A node's content, tags included, comparable across nodes."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.tag, node.value
+    if isinstance(node, yaml.SequenceNode):
+        return node.tag, tuple(_shape(item) for item in node.value)
+    return node.tag, tuple(sorted((_shape(k), _shape(v)) for k, v in node.value))
+
+
+def _keys(node: yaml.Node) -> dict[str, yaml.Node]:
+    return {k.value: v for k, v in node.value} if isinstance(node, yaml.MappingNode) else {}
+
+
+def _written_twice(nodes: list[yaml.Node]) -> list:
+    shapes = [_shape(node) for node in nodes]
+    return sorted({shape for shape in shapes if shapes.count(shape) > 1})
+
+
+def test_no_checkov_skip_reason_is_written_twice():
+    # A reason that applies to several resources is written once and reused by alias, so it
+    # cannot be corrected in one place and left stale in another.
+    reasons = [_keys(n)["comment"] for n in _written(lambda n: {"id", "comment"} <= set(_keys(n)))]
+    assert len(reasons) >= 5, "no checkov skip found: has the Metadata layout changed?"
+    assert _written_twice(reasons) == []
+
+
+def test_no_policy_statement_is_written_twice():
+    # Functions that share a permission share its one statement (or policy document) by alias.
+    statements = _written(lambda n: {"Effect", "Action"} <= set(_keys(n)))
+    assert len(statements) >= 8
+    assert _written_twice(statements) == []
+
+
+def test_the_duplicate_finder_sees_two_copies_but_not_an_alias():
+    # The two tests above are only as good as this: a copy is found, an alias is not.
+    copies = yaml.compose("a: {Sid: X, Effect: Allow, Action: s3:GetObject}\nb: {Sid: X, Effect: Allow, Action: s3:GetObject}")
+    alias = yaml.compose("a: &x {Sid: X, Effect: Allow, Action: s3:GetObject}\nb: *x")
+    assert len(_written_twice([v for _, v in copies.value])) == 1
+    assert _written_twice(list({id(v): v for _, v in alias.value}.values())) == []
 
 
 # --- data that must outlive the stack: every key and the table ------------------------------

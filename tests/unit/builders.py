@@ -160,3 +160,18 @@ def raw_rs256_token(header: dict[str, Any], claims: dict[str, Any], key: rsa.RSA
     message = f"{b64({'alg': 'RS256', **header})}.{b64(claims)}"
     signature = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
     return f"{message}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def config_problems(document: Any, source: str = "broker.yaml", **kwargs: Any) -> list[tuple[str, str]]:
+    """The (path, rule) problems validation reports for `document`; it must be invalid."""
+    import pytest
+
+    from oidc_broker.validation import ConfigError, parse
+
+    with pytest.raises(ConfigError) as info:
+        parse(document, source, **kwargs)
+    return info.value.problems
+
+
+def config_paths(document: Any, **kwargs: Any) -> list[str]:
+    return [path for path, _ in config_problems(document, **kwargs)]

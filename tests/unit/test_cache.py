@@ -1,123 +1,30 @@
 """oidc_broker/cache.py: hits, misses, refresh, single flight, and nothing readable at rest.
 
-Expiry is driven by a settable clock; the store and KMS are in-memory fakes with the same
-conditional-write semantics, except the at-rest test, which uses moto's DynamoDB and KMS.
+Expiry is driven by a settable clock; the store and KMS are in-memory fakes (fakes.py) with the
+same conditional-write semantics, except the at-rest test, which uses moto's DynamoDB and KMS.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 import threading
 import time
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from builders import NOW, config_doc, space_doc
+from fakes import CACHE_KEY_ID, SECRET, CacheKms, CacheStore, Exchanges, kms_error
 from moto import mock_aws
 
 from oidc_broker import config
 from oidc_broker.cache import CacheUnavailable, CredentialCache, fingerprint
-from oidc_broker.clouds import Credentials
 from oidc_broker.errors import Throttled
+from oidc_broker.model import Binding
 from oidc_broker.store import Store
+from oidc_broker.subject import Subject
 
 SUBJECT = "space:acme:environment:production:account:prod"
-SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-KEY_ID = "arn:aws:kms:us-east-1:123456789012:key/cache"
-
-
-class FakeStore:
-    """The cache half of the store, with DynamoDB's conditional-write semantics, thread-safe."""
-
-    def __init__(self):
-        self.items: dict[tuple[str, str], dict] = {}
-        self.locks: dict[tuple[str, str], dict] = {}
-        self.reads = 0
-        self.guard = threading.Lock()
-
-    def cached_credentials(self, target, subject):
-        with self.guard:
-            self.reads += 1
-            item = self.items.get((target, subject))
-            return copy.deepcopy(item)
-
-    def put_cached_credentials(self, target, subject, attributes):
-        with self.guard:
-            self.items[(target, subject)] = dict(attributes)
-
-    def lock_credentials_fill(self, target, subject, owner, now, lease_until):
-        with self.guard:
-            held = self.locks.get((target, subject))
-            if held and held["lease_until"] >= now:
-                return False
-            self.locks[(target, subject)] = {"owner": owner, "lease_until": lease_until}
-            return True
-
-    def unlock_credentials_fill(self, target, subject, owner):
-        with self.guard:
-            if self.locks.get((target, subject), {}).get("owner") == owner:
-                del self.locks[(target, subject)]
-
-
-def kms_error(code: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "unavailable"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
-                       "GenerateDataKey")
-
-
-class FakeKms:
-    """Data keys bound to their encryption context, as KMS binds them."""
-
-    def __init__(self):
-        self.keys: dict[bytes, tuple[bytes, dict]] = {}
-        self.generated = 0
-        self.decrypted = 0
-        self.error: Exception | None = None
-
-    def generate_data_key(self, KeyId, KeySpec, EncryptionContext):
-        assert (KeyId, KeySpec) == (KEY_ID, "AES_256")
-        if self.error:
-            raise self.error
-        self.generated += 1
-        key, blob = os.urandom(32), os.urandom(48)
-        self.keys[blob] = (key, dict(EncryptionContext))
-        return {"Plaintext": key, "CiphertextBlob": blob}
-
-    def decrypt(self, CiphertextBlob, KeyId, EncryptionContext):
-        if self.error:
-            raise self.error
-        self.decrypted += 1
-        key, context = self.keys.get(CiphertextBlob, (None, None))
-        if key is None or context != EncryptionContext:
-            raise ClientError({"Error": {"Code": "InvalidCiphertextException", "Message": "no"}}, "Decrypt")
-        return {"Plaintext": key}
-
-
-class Exchanges:
-    """A counting fill: each call is one exchange with the cloud."""
-
-    def __init__(self, clock, lifetime: int = 3600):
-        self.clock = clock
-        self.lifetime = lifetime
-        self.calls = 0
-        self.guard = threading.Lock()
-        self.started = threading.Event()
-        self.release: threading.Event | None = None
-        self.error: Exception | None = None
-
-    def __call__(self):
-        with self.guard:
-            self.calls += 1
-            n = self.calls
-        self.started.set()
-        if self.release is not None:
-            assert self.release.wait(5)
-        if self.error:
-            raise self.error
-        now = int(self.clock())
-        return Credentials({"access_key_id": f"ASIA{n}", "secret_access_key": SECRET, "session_token": "tok"},
-                           now, now + self.lifetime), f"jti-{n}"
+OTHER = SUBJECT.replace("production", "staging")
+KEY_ID = CACHE_KEY_ID
 
 
 def targets(**aws_settings):
@@ -127,14 +34,18 @@ def targets(**aws_settings):
     return parsed.target("acme/prod")
 
 
+def bind(target, subject: str = SUBJECT) -> Binding:
+    return Binding(target, Subject.parse(subject))
+
+
 @pytest.fixture
-def target():
-    return targets()
+def binding():
+    return bind(targets())
 
 
 @pytest.fixture
 def parts(clock):
-    return FakeStore(), FakeKms(), Exchanges(clock)
+    return CacheStore(), CacheKms(), Exchanges(clock)
 
 
 def cache_of(store, kms, clock, **kwargs) -> CredentialCache:
@@ -143,11 +54,11 @@ def cache_of(store, kms, clock, **kwargs) -> CredentialCache:
 
 # -- hit, miss, refresh ------------------------------------------------------------------------
 
-def test_a_miss_exchanges_and_the_next_request_is_served_from_the_cache(target, parts, clock):
+def test_a_miss_exchanges_and_the_next_request_is_served_from_the_cache(binding, parts, clock):
     store, kms, fill = parts
     cache = cache_of(store, kms, clock)
-    first = cache.get(target, SUBJECT, fill)
-    second = cache.get(target, SUBJECT, fill)
+    first = cache.get(binding, fill)
+    second = cache.get(binding, fill)
     assert (first.from_cache, second.from_cache) == (False, True)
     assert fill.calls == 1
     assert second.credentials == first.credentials
@@ -155,72 +66,72 @@ def test_a_miss_exchanges_and_the_next_request_is_served_from_the_cache(target, 
     assert second.source == "jti-1"
 
 
-def test_an_entry_is_served_until_half_its_lifetime_then_refreshed(target, parts, clock):
+def test_an_entry_is_served_until_half_its_lifetime_then_refreshed(binding, parts, clock):
     store, kms, fill = parts
     cache = cache_of(store, kms, clock)
-    cache.get(target, SUBJECT, fill)
+    cache.get(binding, fill)
     clock.advance(1799)
-    assert cache.get(target, SUBJECT, fill).from_cache
+    assert cache.get(binding, fill).from_cache
     clock.advance(1)
-    refreshed = cache.get(target, SUBJECT, fill)
+    refreshed = cache.get(binding, fill)
     assert not refreshed.from_cache and fill.calls == 2
     assert refreshed.credentials.issued_at == NOW + 1800
 
 
 def test_a_target_chooses_how_much_lifetime_must_remain(parts, clock):
     store, kms, fill = parts
-    target = targets(refresh_at=0.8)
+    binding = bind(targets(refresh_at=0.8))
     cache = cache_of(store, kms, clock)
-    cache.get(target, SUBJECT, fill)
+    cache.get(binding, fill)
     clock.advance(2879)
-    assert cache.get(target, SUBJECT, fill).from_cache
+    assert cache.get(binding, fill).from_cache
     clock.advance(1)
-    assert not cache.get(target, SUBJECT, fill).from_cache
+    assert not cache.get(binding, fill).from_cache
 
 
 def test_refresh_at_zero_never_serves_from_the_cache(parts, clock):
     store, kms, fill = parts
-    target = targets(refresh_at=0)
+    binding = bind(targets(refresh_at=0))
     cache = cache_of(store, kms, clock)
-    assert [cache.get(target, SUBJECT, fill).from_cache for _ in range(3)] == [False, False, False]
+    assert [cache.get(binding, fill).from_cache for _ in range(3)] == [False, False, False]
     assert fill.calls == 3 and not store.items and kms.generated == 0
 
 
-def test_credentials_without_enough_lifetime_are_served_but_not_cached(target, parts, clock):
+def test_credentials_without_enough_lifetime_are_served_but_not_cached(binding, parts, clock):
     store, kms, _ = parts
     fill = Exchanges(clock, lifetime=0)
-    served = cache_of(store, kms, clock).get(target, SUBJECT, fill)
+    served = cache_of(store, kms, clock).get(binding, fill)
     assert served.credentials.fields["secret_access_key"] == SECRET
     assert served.not_stored and not store.items
 
 
-def test_entries_are_kept_per_subject(target, parts, clock):
+def test_entries_are_kept_per_subject(binding, parts, clock):
     store, kms, fill = parts
     cache = cache_of(store, kms, clock)
-    cache.get(target, SUBJECT, fill)
-    other = cache.get(target, SUBJECT.replace("production", "staging"), fill)
+    cache.get(binding, fill)
+    other = cache.get(bind(binding.target, OTHER), fill)
     assert not other.from_cache and fill.calls == 2
 
 
-def test_an_edited_target_never_serves_the_old_targets_credentials(target, parts, clock):
+def test_an_edited_target_never_serves_the_old_targets_credentials(binding, parts, clock):
     store, kms, fill = parts
     cache = cache_of(store, kms, clock)
-    cache.get(target, SUBJECT, fill)
-    edited = targets(role_arn="arn:aws:iam::123456789012:role/other")
-    assert fingerprint(edited) != fingerprint(target)
-    assert not cache.get(edited, SUBJECT, fill).from_cache
+    cache.get(binding, fill)
+    edited = bind(targets(role_arn="arn:aws:iam::123456789012:role/other"))
+    assert fingerprint(edited.target) != fingerprint(binding.target)
+    assert not cache.get(edited, fill).from_cache
 
 
 # -- single flight -------------------------------------------------------------------------------
 
-def _race(caches, target, fill, n=8):
+def _race(caches, binding, fill, n=8):
     results, errors = [], []
     barrier = threading.Barrier(n)
 
     def run(i):
         barrier.wait()
         try:
-            results.append(caches[i % len(caches)].get(target, SUBJECT, fill))
+            results.append(caches[i % len(caches)].get(binding, fill))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -236,96 +147,96 @@ def _race(caches, target, fill, n=8):
     return results
 
 
-def test_concurrent_misses_in_one_process_make_one_exchange(target):
-    store, kms, fill = FakeStore(), FakeKms(), Exchanges(time.time)
+def test_concurrent_misses_in_one_process_make_one_exchange(binding):
+    store, kms, fill = CacheStore(), CacheKms(), Exchanges(time.time)
     fill.release = threading.Event()
     cache = cache_of(store, kms, time.time, poll=0.005)
-    results = _race([cache], target, fill)
+    results = _race([cache], binding, fill)
     assert fill.calls == 1
     assert sum(not r.from_cache for r in results) == 1 and len(results) == 8
 
 
-def test_concurrent_misses_in_two_containers_make_one_exchange(target):
-    store, kms, fill = FakeStore(), FakeKms(), Exchanges(time.time)
+def test_concurrent_misses_in_two_containers_make_one_exchange(binding):
+    store, kms, fill = CacheStore(), CacheKms(), Exchanges(time.time)
     fill.release = threading.Event()
     containers = [cache_of(store, kms, time.time, poll=0.005, owner=name) for name in ("a", "b")]
-    results = _race(containers, target, fill)
+    results = _race(containers, binding, fill)
     assert fill.calls == 1 and len(results) == 8
     assert not store.locks  # the lease is released after the fill
 
 
-def test_a_request_waiting_on_another_containers_fill_gives_up_with_503(target, parts, clock):
+def test_a_request_waiting_on_another_containers_fill_gives_up_with_503(binding, parts, clock):
     store, kms, fill = parts
-    store.lock_credentials_fill(target.ref, SUBJECT, "other-container", int(clock()), int(clock()) + 15)
+    store.lock_credentials_fill(binding, "other-container", int(clock()), int(clock()) + 15)
     cache = cache_of(store, kms, clock, wait=1.0, poll=0.25, sleep=clock.advance)
     with pytest.raises(Throttled) as refused:
-        cache.get(target, SUBJECT, fill)
+        cache.get(binding, fill)
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
     assert fill.calls == 0
 
 
-def test_a_lease_left_by_a_dead_container_is_taken_over_once_it_expires(target, parts, clock):
+def test_a_lease_left_by_a_dead_container_is_taken_over_once_it_expires(binding, parts, clock):
     store, kms, fill = parts
-    store.lock_credentials_fill(target.ref, SUBJECT, "crashed", int(clock()) - 30, int(clock()) - 15)
-    assert not cache_of(store, kms, clock).get(target, SUBJECT, fill).from_cache
+    store.lock_credentials_fill(binding, "crashed", int(clock()) - 30, int(clock()) - 15)
+    assert not cache_of(store, kms, clock).get(binding, fill).from_cache
     assert fill.calls == 1 and not store.locks
 
 
-def test_a_failed_exchange_releases_the_lease_and_caches_nothing(target, parts, clock):
+def test_a_failed_exchange_releases_the_lease_and_caches_nothing(binding, parts, clock):
     store, kms, fill = parts
     fill.error = RuntimeError("AccessDenied")
     with pytest.raises(RuntimeError):
-        cache_of(store, kms, clock).get(target, SUBJECT, fill)
+        cache_of(store, kms, clock).get(binding, fill)
     assert not store.locks and not store.items
 
 
 # -- encryption ------------------------------------------------------------------------------------
 
-def test_kms_unavailable_fails_with_503_before_anything_is_exchanged(target, parts, clock):
+def test_kms_unavailable_fails_with_503_before_anything_is_exchanged(binding, parts, clock):
     store, kms, fill = parts
     kms.error = kms_error("KMSInternalException")
     with pytest.raises(CacheUnavailable) as refused:
-        cache_of(store, kms, clock).get(target, SUBJECT, fill)
+        cache_of(store, kms, clock).get(binding, fill)
     assert refused.value.status == 503 and "KMSInternalException" in refused.value.description
     assert "Retry-After" in refused.value.headers
     assert fill.calls == 0 and not store.items and not store.locks
 
 
-def test_kms_unavailable_when_reading_a_cached_entry_is_503(target, parts, clock):
+def test_kms_unavailable_when_reading_a_cached_entry_is_503(binding, parts, clock):
     store, kms, fill = parts
-    cache_of(store, kms, clock).get(target, SUBJECT, fill)
+    cache_of(store, kms, clock).get(binding, fill)
     kms.error = kms_error("DependencyTimeoutException")
     with pytest.raises(CacheUnavailable):
-        cache_of(store, kms, clock).get(target, SUBJECT, fill)  # another container: no data key in memory
+        cache_of(store, kms, clock).get(binding, fill)  # another container: no data key in memory
     assert fill.calls == 1
 
 
-def test_an_entry_whose_expiry_was_stretched_does_not_decrypt_and_is_refilled(target, parts, clock):
+def test_an_entry_whose_expiry_was_stretched_does_not_decrypt_and_is_refilled(binding, parts, clock):
     store, kms, fill = parts
-    cache_of(store, kms, clock).get(target, SUBJECT, fill)
+    cache_of(store, kms, clock).get(binding, fill)
     (item,) = store.items.values()
     item["expires_at"] += 86400
-    assert not cache_of(store, kms, clock).get(target, SUBJECT, fill).from_cache
+    assert not cache_of(store, kms, clock).get(binding, fill).from_cache
     assert fill.calls == 2
 
 
-def test_an_entry_moved_to_another_subject_does_not_decrypt(target, parts, clock):
+def test_an_entry_moved_to_another_subject_does_not_decrypt(binding, parts, clock):
     store, kms, fill = parts
-    cache_of(store, kms, clock).get(target, SUBJECT, fill)
-    other = SUBJECT.replace("production", "staging")
-    store.items[(target.ref, other)] = store.items[(target.ref, SUBJECT)]
-    assert not cache_of(store, kms, clock).get(target, other, fill).from_cache
+    cache_of(store, kms, clock).get(binding, fill)
+    other = bind(binding.target, OTHER)
+    store.items[other.key] = store.items[binding.key]
+    assert not cache_of(store, kms, clock).get(other, fill).from_cache
 
 
-def test_data_keys_are_bound_to_the_target_and_subject(target, parts, clock):
+def test_data_keys_are_bound_to_the_target_and_subject(binding, parts, clock):
     store, kms, fill = parts
-    cache_of(store, kms, clock).get(target, SUBJECT, fill)
+    cache_of(store, kms, clock).get(binding, fill)
     ((_, context),) = kms.keys.values()
     assert context == {"purpose": "oidc-broker credential cache", "target": "acme/prod", "subject": SUBJECT}
 
 
 @mock_aws
-def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(target, clock):
+def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(binding, clock):
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     dynamodb.create_table(
         TableName="t", BillingMode="PAY_PER_REQUEST",
@@ -336,7 +247,7 @@ def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(targ
     key_id = kms.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["Arn"]
     store = Store(dynamodb, "t")
     fill = Exchanges(clock)
-    first = CredentialCache(store, kms, key_id, clock).get(target, SUBJECT, fill)
+    first = CredentialCache(store, kms, key_id, clock).get(binding, fill)
 
     items = dynamodb.scan(TableName="t")["Items"]
     assert [i["sk"]["S"] for i in items] == [f"CREDENTIALS#{SUBJECT}"]  # the fill lease is gone
@@ -346,6 +257,46 @@ def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(targ
         assert all(secret.encode() not in bytes(v["B"]) for v in items[0].values() if "B" in v)
     assert int(items[0]["ttl"]["N"]) == first.credentials.expires_at
 
-    second = CredentialCache(store, kms, key_id, clock).get(target, SUBJECT, fill)
+    second = CredentialCache(store, kms, key_id, clock).get(binding, fill)
     assert second.from_cache and dict(second.credentials.fields) == dict(first.credentials.fields)
     assert fill.calls == 1
+
+
+# -- refilling without a caller -------------------------------------------------------------------
+
+def test_refill_replaces_a_fresh_entry_and_the_next_request_is_served_the_new_one(binding, parts, clock):
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    cache.get(binding, fill)
+    clock.advance(60)
+    refilled = cache.refill(binding, fill)
+    assert not refilled.from_cache and fill.calls == 2
+    served = cache.get(binding, fill)
+    assert served.from_cache and served.source == "jti-2" and fill.calls == 2
+
+
+def test_refill_takes_the_lease_a_request_takes_and_releases_it(binding, parts, clock):
+    store, kms, fill = parts
+    store.lock_credentials_fill(binding, "a-request", int(clock()), int(clock()) + 15)
+    with pytest.raises(Throttled):
+        cache_of(store, kms, clock, wait=1.0, poll=0.25, sleep=clock.advance).refill(binding, fill)
+    assert fill.calls == 0
+    store.unlock_credentials_fill(binding, "a-request")
+    cache_of(store, kms, clock).refill(binding, fill)
+    assert fill.calls == 1 and not store.locks
+
+
+def test_refill_answers_with_an_entry_another_filler_stored_while_it_waited(binding, parts, clock):
+    store, kms, fill = parts
+    other = cache_of(store, kms, clock, owner="other")
+    store.lock_credentials_fill(binding, "other", int(clock()), int(clock()) + 15)
+
+    def other_fills(seconds):  # while this refill waits, the other container stores new credentials
+        clock.advance(seconds)
+        if not store.items:
+            store.unlock_credentials_fill(binding, "other")
+            other.get(binding, fill)
+            store.lock_credentials_fill(binding, "other", int(clock()), int(clock()) + 15)
+
+    served = cache_of(store, kms, clock, poll=0.25, sleep=other_fills).refill(binding, fill)
+    assert served.from_cache and fill.calls == 1

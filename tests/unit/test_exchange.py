@@ -1,52 +1,19 @@
 """oidc_broker/exchange.py: authorize on every request, then serve from the cache or exchange once.
 
-The broker is the real one over in-memory ports (test_minting's), the cache the real one over
-test_cache's fakes, and the exchanger a counting fake that verifies the broker token it is given.
+The broker is the real one over in-memory ports, the cache the real one over the cache's fakes,
+and the exchanger a counting fake that verifies the broker token it is given (all in fakes.py).
 """
 
 from __future__ import annotations
 
 import pytest
 from builders import BROKER, caller_claims, config_doc, space_doc
-from test_cache import FakeKms, FakeStore
-from test_minting import Setup
+from fakes import CACHE_KEY_ID, CacheKms, CacheStore, CountingCache, FakeExchanger, Setup
 
-from oidc_broker.cache import CredentialCache
-from oidc_broker.clouds import Credentials, Request
 from oidc_broker.errors import AccessDenied, InvalidGrant, InvalidTarget
 from oidc_broker.exchange import Exchange
 
 SUBJECT = "space:acme:environment:production:account:prod"
-
-
-class FakeExchanger:
-    provider = "aws"
-
-    def __init__(self, setup: Setup, clock):
-        self.setup = setup
-        self.clock = clock
-        self.requests: list[Request] = []
-        self.error: Exception | None = None
-
-    def exchange(self, request: Request) -> Credentials:
-        # What the cloud checks: the broker token verifies against the published key.
-        claims = self.setup.verify_minted(request.token, request.target.audience)
-        assert claims["sub"] == request.subject
-        self.requests.append(request)
-        if self.error:
-            raise self.error
-        now = int(self.clock())
-        return Credentials({"access_key_id": "ASIA1", "secret_access_key": "secret", "session_token": "t"}, now, now + 3600)
-
-
-class CountingCache(CredentialCache):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.asked = 0
-
-    def get(self, target, subject, fill):
-        self.asked += 1
-        return super().get(target, subject, fill)
 
 
 @pytest.fixture
@@ -59,7 +26,7 @@ def world(ci, other_rsa_key, clock):
     space_doc(doc)["trust"][1]["targets"].append("acr")
     setup = Setup(ci, other_rsa_key, clock, document=doc)
     exchanger = FakeExchanger(setup, clock)
-    cache = CountingCache(FakeStore(), FakeKms(), "arn:aws:kms:us-east-1:123456789012:key/cache", clock)
+    cache = CountingCache(CacheStore(), CacheKms(), CACHE_KEY_ID, clock)
     return setup, exchanger, cache, Exchange(broker=setup.broker, exchanger=exchanger, cache=cache)
 
 
@@ -137,3 +104,29 @@ def test_authorizing_a_caller_records_and_signs_nothing(world):
     auth = setup.broker.authorize(token(setup), "acme/prod", BROKER)
     assert str(auth.subject) == SUBJECT and auth.rule.name == "deploy"
     assert not setup.store.grants and not setup.signer.calls
+
+
+# -- refill: a binding's credentials with no caller --------------------------------------------------
+
+def test_refill_signs_for_the_actor_exchanges_and_stores_what_requests_are_then_served(world):
+    from oidc_broker.minting import Actor
+
+    setup, exchanger, cache, exchange = world
+    first = exchange.credentials(token(setup, "a"), "acme/prod", BROKER)
+    actor = Actor(issuer=BROKER, subject="scheduled-refresh", jti="refresh-1", trust_rule="refresh")
+    refilled = exchange.refill(first.authorization.binding, BROKER, actor)
+    assert not refilled.from_cache and len(exchanger.requests) == 2
+    assert exchanger.requests[1].caller == "scheduled-refresh" and exchanger.requests[1].subject == SUBJECT
+    served = exchange.credentials(token(setup, "b"), "acme/prod", BROKER)
+    assert served.served.from_cache and served.served.source == refilled.source
+
+
+def test_a_refused_refill_withdraws_its_grant(world):
+    from oidc_broker.minting import Actor
+
+    setup, exchanger, cache, exchange = world
+    binding = setup.broker.authorize(token(setup), "acme/prod", BROKER).binding
+    exchanger.error = AccessDenied("role X does not trust subject S", "aws_access_denied")
+    with pytest.raises(AccessDenied):
+        exchange.refill(binding, BROKER, Actor(issuer=BROKER, subject="scheduled-refresh", jti="r", trust_rule="refresh"))
+    assert not setup.store.grants and len(setup.store.withdrawn) == 1

@@ -6,95 +6,14 @@ ring publishes, the way a cloud would check it.
 
 from __future__ import annotations
 
-import jwt
 import pytest
 from builders import BROKER, CI, NOW, caller_claims, config_doc, public_der, space_doc
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from fakes import KEY_ARN, Setup
 
-from oidc_broker import callers, config, keys, minting, tokens
-from oidc_broker.callers import IssuerKeys
+from oidc_broker import callers, keys, minting, model, tokens
 from oidc_broker.errors import BrokerError, InvalidGrant, InvalidTarget, ServerError
-from oidc_broker.store import AlreadyUsed, Grant
-
-KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/active"
-
-
-class RsaSigner:
-    """The signer port backed by a local RSA key: what KMS Sign does for RSASSA_PKCS1_V1_5_SHA_256."""
-
-    def __init__(self, key):
-        self.key = key
-        self.calls: list[tuple[str, bytes]] = []
-        self.error: Exception | None = None
-
-    def sign(self, key_arn: str, message: bytes) -> bytes:
-        self.calls.append((key_arn, message))
-        if self.error:
-            raise self.error
-        return self.key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-
-
-class MemoryStore:
-    """The grant half of the store: a conditional put and a conditional delete."""
-
-    def __init__(self):
-        self.grants: dict[tuple[str, str], Grant] = {}
-        self.withdrawn: list[Grant] = []
-
-    @staticmethod
-    def _key(grant: Grant) -> tuple[str, str]:
-        key = grant.key()
-        return key["pk"]["S"], key["sk"]["S"]
-
-    def record_grant(self, grant: Grant) -> None:
-        if self._key(grant) in self.grants:
-            raise AlreadyUsed()
-        self.grants[self._key(grant)] = grant
-
-    def withdraw_grant(self, grant: Grant) -> None:
-        if self.grants.get(self._key(grant), None) is not None and self.grants[self._key(grant)].token_jti == grant.token_jti:
-            del self.grants[self._key(grant)]
-            self.withdrawn.append(grant)
-
-
-class RingSource:
-    def __init__(self, items: list[dict]):
-        self.items = items
-
-    def key_ring(self) -> list[dict]:
-        return self.items
-
-
-class Setup:
-    def __init__(self, ci, broker_key, clock, document=None, ring=None):
-        self.ci = ci
-        self.clock = clock
-        self.jwk = keys.jwk_from_der(public_der(broker_key))
-        if ring is None:
-            ring = [{"kid": self.jwk["kid"], "key_arn": KEY_ARN, "state": keys.ACTIVE, "jwk": self.jwk, "created_at": 1}]
-        self.key_ring = keys.KeyRing(RingSource(ring), clock)
-        self.signer = RsaSigner(broker_key)
-        self.store = MemoryStore()
-        self.config = config.parse(document or config_doc())
-        self.broker = minting.Broker(
-            config=lambda: self.config,
-            caller_keys=IssuerKeys(ci.fetch, clock),
-            key_ring=self.key_ring,
-            signer=self.signer,
-            store=self.store,
-            clock=clock,
-        )
-
-    def issue(self, token: str | None = None, audience: str = "acme/prod", issuer: str = BROKER) -> minting.Issued:
-        return self.broker.issue(token or self.ci.token(), audience, issuer)
-
-    def verify_minted(self, token: str, audience: str) -> dict:
-        """Check the token as a cloud would: signature against the published JWK, iss, aud."""
-        (published,) = self.key_ring.jwks()["keys"]
-        assert jwt.get_unverified_header(token)["kid"] == published["kid"]
-        return jwt.decode(token, jwt.PyJWK(published).key, algorithms=["RS256"], audience=audience, issuer=BROKER,
-                          options={"verify_exp": False, "verify_nbf": False, "verify_iat": False})
+from oidc_broker.store import Grant
+from oidc_broker.subject import Subject
 
 
 @pytest.fixture
@@ -382,5 +301,51 @@ def test_a_token_too_large_to_sign_is_a_refusal_that_records_and_signs_nothing(s
         setup.issue(setup.ci.token(caller_claims(sub="s" * 300)))
     assert (info.value.status, info.value.reason) == (400, "minted_token_too_large")
     assert "KMS signs at most 600" in info.value.description
-    assert info.value.caller == {"caller_issuer": CI, "caller_subject": "s" * 300}
+    assert (info.value.caller.issuer.issuer, info.value.caller.subject) == (CI, "s" * 300)
     assert (setup.store.grants, setup.signer.calls) == ({}, [])
+
+
+# -- signing without a caller (work the broker does on its own) ----------------------------------
+
+def _refresh_actor(jti: str = "refresh-1") -> minting.Actor:
+    return minting.Actor(issuer=BROKER, subject="scheduled-refresh", jti=jti, trust_rule="refresh")
+
+
+def test_sign_mints_for_a_binding_naming_the_actor_given_with_no_caller_to_verify(setup):
+    binding = model.Binding(setup.config.target("acme/images"), Subject.parse("space:acme:feed:images"))
+    signed = setup.broker.sign(BROKER, binding, _refresh_actor())
+    claims = setup.verify_minted(signed.token, "sts.amazonaws.com")
+    assert (claims["sub"], claims["act"]) == ("space:acme:feed:images", {"iss": BROKER, "sub": "scheduled-refresh"})
+    assert not setup.ci.fetched  # no caller token, no caller key set
+
+
+def test_sign_records_the_grant_before_signing_as_for_a_caller(setup):
+    binding = model.Binding(setup.config.target("acme/images"), Subject.parse("space:acme:feed:images"))
+    signed = setup.broker.sign(BROKER, binding, _refresh_actor())
+    (grant,) = setup.store.grants.values()
+    assert grant == signed.grant
+    assert (grant.caller_subject, grant.trust_rule, grant.subject, grant.token_jti) == (
+        "scheduled-refresh", "refresh", "space:acme:feed:images", signed.claims["jti"])
+    assert grant.keep_until == int(NOW) + minting.AUDIT_RETENTION
+
+
+def test_sign_withdraws_its_grant_when_signing_fails(setup):
+    binding = model.Binding(setup.config.target("acme/images"), Subject.parse("space:acme:feed:images"))
+    setup.signer.error = RuntimeError("KMS down")
+    with pytest.raises(RuntimeError):
+        setup.broker.sign(BROKER, binding, _refresh_actor())
+    assert not setup.store.grants and len(setup.store.withdrawn) == 1
+
+
+def test_an_actor_is_granted_once_per_target_like_a_caller_token(setup):
+    binding = model.Binding(setup.config.target("acme/images"), Subject.parse("space:acme:feed:images"))
+    setup.broker.sign(BROKER, binding, _refresh_actor("same"))
+    with pytest.raises(InvalidGrant, match="already used"):
+        setup.broker.sign(BROKER, binding, _refresh_actor("same"))
+
+
+def test_the_grant_of_a_caller_is_the_actor_its_authorization_names(setup):
+    auth = setup.broker.authorize(setup.ci.token(), "acme/prod", BROKER)
+    assert auth.actor == minting.Actor(issuer=CI, subject="repo:acme/app:ref:refs/heads/main", jti="caller-jti-1",
+                                       trust_rule="deploy", usable_until=int(NOW) + 300 + 60)
+    assert auth.binding.key == ("acme/prod", "space:acme:environment:production:account:prod")

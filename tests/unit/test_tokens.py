@@ -12,7 +12,7 @@ from oidc_broker.config import Target
 
 TARGET = Target(space="acme", name="prod", kind="account", provider="aws", audience="sts.amazonaws.com",
                 subject_keys=("space", "environment", "account"), lifetime=900)
-SUBJECT = subject.build(TARGET.subject_keys, {"space": "acme", "environment": "production", "account": "prod"}, "aws")
+SUBJECT = subject.build(TARGET.subject_keys, {"space": "acme", "environment": "production", "account": "prod"})
 CALLER = tokens.Caller(issuer="https://ci.example.com", subject="repo:acme/app:ref:refs/heads/main")
 
 
@@ -134,7 +134,7 @@ def test_a_caller_sub_at_its_limit_fits_beside_long_configured_values(sub):
     assert tokens.encoded_length(sub) - 2 <= MAX_SUB_BYTES
     target = Target(space="a" * 63, name="b" * 63, kind="account", provider="aws", audience="c" * 512,
                     subject_keys=TARGET.subject_keys, lifetime=3600)
-    subj = subject.build(target.subject_keys, {"space": "a" * 63, "environment": "e" * 63, "account": "b" * 63}, "aws")
+    subj = subject.build(target.subject_keys, {"space": "a" * 63, "environment": "e" * 63, "account": "b" * 63})
     body = make_claims(issuer="https://" + "i" * 192, target=target, subject=subj,
                        caller=tokens.Caller(issuer="https://" + "c" * 192, subject=sub), jti=None)
     assert len(tokens.signing_input(tokens.header("k" * 43), body)) <= tokens.MAX_SIGNING_INPUT

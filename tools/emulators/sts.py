@@ -7,6 +7,7 @@ AWS checks, in the same order, answering with AWS's XML error shapes and codes:
   parameters     RoleSessionName [\\w+=,.@-]{2,64}, token 4-20000 chars, DurationSeconds 900-43200
                                                                         -> ValidationError
   the token      a JWS with an asymmetric alg                           -> InvalidIdentityToken
+                 (this and the key, signature and time checks: oidc.py, shared by every emulator)
   provider       an IAM OIDC provider in the role's account whose URL is `iss` without its scheme
                  (https, or http for loopback hosts: local mode)         -> InvalidIdentityToken
   audience       `aud` in the provider's client ID list                 -> InvalidIdentityToken
@@ -23,12 +24,12 @@ AWS checks, in the same order, answering with AWS's XML error shapes and codes:
 Providers and roles are read from IAM (moto's, in local mode), so they are set up the way one
 sets them up in AWS; on success the credentials come from moto's STS, so calls made with them
 (ECR) reach moto as that role's account. Other actions are passed to moto unchanged. Tests may
-queue faults (`fail_next`) such as throttling. Never part of the Lambda layer.
+queue faults (`fail_next`) such as throttling. It imports nothing from the broker: a helper shared
+with it would share its bugs. Never part of the Lambda layer.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
@@ -45,19 +46,15 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
-import jwt
-
-from oidc_broker.clouds.aws import provider_host
-from oidc_broker.config import is_loopback
+from . import oidc
+from .oidc import OidcError
 
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 ACTION = "AssumeRoleWithWebIdentity"
 SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/(?:[\w+=,.@-]+/)*([\w+=,.@-]{1,64})", re.ASCII)
-ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
-CLOCK_SKEW = 300
-FETCH_TIMEOUT = 5.0
-MAX_DOCUMENT_BYTES = 256 * 1024
+ALGORITHMS = oidc.ALGORITHMS
+CLOCK_SKEW = 300  # AWS's allowance for `exp` and `nbf`
 
 
 class StsError(Exception):
@@ -68,8 +65,10 @@ class StsError(Exception):
         self.code, self.message, self.status, self.kind = code, message, status, kind
 
 
-class FetchFailed(Exception):
-    pass
+def provider_host(issuer: str) -> str:
+    """How IAM names an OIDC provider and its condition keys: the issuer's host and path, no scheme."""
+    parts = urlsplit(issuer)
+    return f"{parts.netloc}{parts.path}"
 
 
 # -- who is registered: providers and roles ----------------------------------------------------
@@ -191,32 +190,6 @@ def trust_allows(policy: dict[str, Any], provider_arn: str, context: dict[str, s
 
 # -- verification ------------------------------------------------------------------------------------
 
-def http_fetch(url: str) -> dict[str, Any]:
-    """GET a JSON document the way STS does: 5 s, no redirects, bounded size."""
-
-    class NoRedirects(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            raise FetchFailed(f"{url} redirected")
-
-    opener = urllib.request.build_opener(NoRedirects())
-    try:
-        with opener.open(urllib.request.Request(url, headers={"Accept": "application/json"}), timeout=FETCH_TIMEOUT) as r:
-            body = r.read(MAX_DOCUMENT_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise FetchFailed(f"could not fetch {url}: {getattr(e, 'reason', e)}") from None
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise FetchFailed(f"{url} is not JSON") from None
-    if not isinstance(document, dict):
-        raise FetchFailed(f"{url} is not a JSON object")
-    return document
-
-
-def _b64json(segment: str) -> Any:
-    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-
-
 @dataclass(frozen=True)
 class Verified:
     role: Role
@@ -229,7 +202,7 @@ class Verified:
 
 
 class Verifier:
-    def __init__(self, directory: Directory, fetch: Callable[[str], dict[str, Any]] = http_fetch,
+    def __init__(self, directory: Directory, fetch: oidc.Fetch = oidc.http_fetch,
                  clock: Callable[[], float] = time.time):
         self.directory = directory
         self.fetch = fetch
@@ -259,47 +232,30 @@ class Verifier:
                            f"detected: {'; '.join(problems)}")
         account = ROLE_ARN.fullmatch(role_arn).group(1)
 
+        now = self.clock()
         try:
-            head_b64, payload_b64, _ = token.split(".")
-            header, claims = _b64json(head_b64), _b64json(payload_b64)
-            if not isinstance(header, dict) or not isinstance(claims, dict):
-                raise ValueError
-        except (ValueError, TypeError):
-            raise StsError("InvalidIdentityToken", "The web identity token that was passed could not be parsed") from None
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise StsError("InvalidIdentityToken", f"The web identity token uses an unsupported algorithm: {alg}")
+            parsed = oidc.parse(token)
+            oidc.check_algorithm(parsed, ALGORITHMS)
+        except OidcError as e:
+            raise _sts_error(e, now) from None
+        claims = parsed.claims
 
         iss = claims.get("iss")
-        parts = urlsplit(iss) if isinstance(iss, str) else None
-        secure = parts is not None and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname)))
-        provider_url = provider_host(iss) if parts is not None else ""
-        client_ids = self.directory.client_ids(account, provider_url) if secure and not parts.query else None
+        secure = oidc.secure_issuer(iss)  # https, or http for loopback hosts (local mode)
+        provider_url = provider_host(iss) if secure else ""
+        client_ids = self.directory.client_ids(account, provider_url) if secure else None
         if client_ids is None:
             raise StsError("InvalidIdentityToken", f"No OpenIDConnect provider found in your account for {iss}")
-        audiences = [a for a in _as_list(claims.get("aud")) if isinstance(a, str)]
-        matched = next((a for a in audiences if a in client_ids), None)
-        if matched is None:
-            raise StsError("InvalidIdentityToken", "Incorrect token audience")
-
-        key = self._key(iss, header.get("kid"))
         try:
-            jwt.decode(token, key, algorithms=[alg], options={"verify_aud": False, "verify_exp": False,
-                                                              "verify_nbf": False, "verify_iat": False,
-                                                              "verify_iss": False})
-        except jwt.PyJWTError:
-            raise StsError("InvalidIdentityToken", "The web identity token signature could not be verified") from None
+            matched = oidc.matching_audience(claims, client_ids)
+        except OidcError:
+            raise StsError("InvalidIdentityToken", "Incorrect token audience") from None
 
-        now = self.clock()
-        exp = claims.get("exp")
-        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
-            raise StsError("InvalidIdentityToken", "The web identity token has no expiration (exp)")
-        if now > exp + CLOCK_SKEW:
-            raise StsError("ExpiredTokenException", f"Token expired: current date/time {int(now)} must be before the "
-                           f"expiration date/time {int(exp)}")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, (int, float)) and not isinstance(nbf, bool) and nbf > now + CLOCK_SKEW:
-            raise StsError("InvalidIdentityToken", "The web identity token is not valid yet (nbf)")
+        try:
+            oidc.verify_signature(parsed, oidc.signing_key(iss, parsed.header.get("kid"), self.fetch))
+            oidc.check_times(claims, now, CLOCK_SKEW, iat=False)  # AWS documents exp and nbf only
+        except OidcError as e:
+            raise _sts_error(e, now) from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise StsError("InvalidIdentityToken", "The web identity token has no subject (sub)")
@@ -314,24 +270,34 @@ class Verifier:
                            "this role.")
         return Verified(role, provider_url, iss, sub, matched, duration, session)
 
-    def _key(self, iss: str, kid: Any) -> Any:
-        try:
-            discovery = self.fetch(iss + "/.well-known/openid-configuration")
-            if discovery.get("issuer") != iss or not isinstance(discovery.get("jwks_uri"), str):
-                raise StsError("InvalidIdentityToken", "Couldn't retrieve verification key from your identity "
-                               "provider: the discovery document does not match the issuer")
-            keys = self.fetch(discovery["jwks_uri"]).get("keys")
-        except FetchFailed:
-            raise StsError("IDPCommunicationError", "Couldn't retrieve verification key from your identity "
-                           "provider, please reference AssumeRoleWithWebIdentity documentation for requirements") from None
-        for jwk in keys if isinstance(keys, list) else []:
-            if isinstance(jwk, dict) and jwk.get("kid") == kid:
-                try:
-                    return jwt.PyJWK(jwk).key
-                except jwt.PyJWTError:
-                    break
-        raise StsError("InvalidIdentityToken", "Couldn't retrieve verification key from your identity provider, "
-                       "please reference AssumeRoleWithWebIdentity documentation for requirements")
+
+_KEY_NOT_RETRIEVED = ("Couldn't retrieve verification key from your identity provider, please reference "
+                      "AssumeRoleWithWebIdentity documentation for requirements")
+
+
+def _sts_error(e: OidcError, now: float) -> StsError:
+    """What STS answers for each failed OIDC check, with its codes and wording."""
+    if e.check == "token":
+        return StsError("InvalidIdentityToken", "The web identity token that was passed could not be parsed")
+    if e.check == "algorithm":
+        return StsError("InvalidIdentityToken", f"The web identity token uses an unsupported algorithm: {e.value}")
+    if e.check == "unreachable":
+        return StsError("IDPCommunicationError", _KEY_NOT_RETRIEVED)
+    if e.check == "discovery":
+        return StsError("InvalidIdentityToken", "Couldn't retrieve verification key from your identity provider: "
+                        "the discovery document does not match the issuer")
+    if e.check == "kid":
+        return StsError("InvalidIdentityToken", _KEY_NOT_RETRIEVED)
+    if e.check == "signature":
+        return StsError("InvalidIdentityToken", "The web identity token signature could not be verified")
+    if e.check == "exp":
+        return StsError("InvalidIdentityToken", "The web identity token has no expiration (exp)")
+    if e.check == "expired":
+        return StsError("ExpiredTokenException", f"Token expired: current date/time {int(now)} must be before the "
+                        f"expiration date/time {int(e.value)}")
+    if e.check == "nbf":
+        return StsError("InvalidIdentityToken", "The web identity token is not valid yet (nbf)")
+    return StsError("InvalidIdentityToken", e.message)
 
 
 # -- credentials -------------------------------------------------------------------------------------

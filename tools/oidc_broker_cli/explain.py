@@ -84,8 +84,7 @@ def explain(token: str, target_ref: str, config: Config, keys: callers.IssuerKey
         print(f"\nwould refuse: the token is not valid (see above); rule {admitted.name} matches its claims", file=out)
         return 1
     try:
-        values = {"space": target.space, target.kind: target.name, **callers.context_values(admitted, caller, target)}
-        minted = subject.build(target.subject_keys, values, target.provider)
+        minted = target.subject_for(callers.context_values(admitted, caller, target))
     except (BrokerError, subject.SubjectError) as e:
         print(f"\nwould refuse: {getattr(e, 'description', e)}", file=out)
         return 1

@@ -93,25 +93,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_policy(args: argparse.Namespace) -> int:
-    from oidc_broker.clouds.aws import target_trust_policy
+    from oidc_broker.clouds import CLOUDS, TrustSetupError
 
+    cloud = CLOUDS[args.cloud]
     try:
         config = load_config(args)
     except (apply_module.ApplyError, config_module.ConfigError) as e:
         print(e, file=sys.stderr)
         return 2
     target = config.target(args.target)
-    if target is None or target.provider != args.cloud:
-        print(f"oidc-broker trust-policy: {args.target!r} is not an {args.cloud} target of this configuration", file=sys.stderr)
-        return 2
-    if not target.setting("role_arn"):
-        print(f"oidc-broker trust-policy: target {args.target!r} names no aws.role_arn", file=sys.stderr)
+    if target is None or target.provider != cloud.name:
+        print(f"oidc-broker trust-policy: {args.target!r} is not an {cloud.name} target of this configuration", file=sys.stderr)
         return 2
     subjects = config.subject_patterns(target)
     if not subjects:
         print(f"oidc-broker trust-policy: no trust rule admits anyone to {args.target!r} yet", file=sys.stderr)
         return 2
-    print(json.dumps(target_trust_policy(config.issuer, target, subjects), indent=2))
+    try:
+        setup = cloud.trust_setup(config.issuer, target, subjects)
+    except TrustSetupError as e:
+        print(f"oidc-broker trust-policy: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(setup, indent=2))
     return 0
 
 
@@ -224,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("trust-policy", help="print the trust policy a target's cloud role needs: exactly the "
                                             "subjects the trust rules can get minted ('*' only where a caller's "
                                             "claim chooses the value)")
-    p.add_argument("cloud", choices=["aws"])
+    from oidc_broker.clouds import CLOUDS
+
+    p.add_argument("cloud", choices=[name for name, cloud in CLOUDS.items() if cloud.trust_setup is not None])
     p.add_argument("--target", required=True, help="<space>/<target>")
     p.add_argument("--config", help="configuration file (default: the one applied to --table)")
     p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")

@@ -26,11 +26,34 @@ class Route:
         return m.groupdict() if m else None
 
 
+SCHEDULE_EVENTS = ("Schedule", "ScheduleV2")  # an EventBridge rule; an EventBridge Scheduler schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A function's Schedule or ScheduleV2 event, as local mode fires it on demand."""
+
+    function: str  # logical id
+    event: str  # the event's key under the function's Events
+    kind: str  # Schedule or ScheduleV2
+    expression: str  # rate(...) or cron(...), as written
+    name: str  # the rule's (or schedule's) name: its Name, or one made from the logical ids
+    group: str  # ScheduleV2's schedule group ("default"); empty for a rule
+    input: str | None  # the event's Input: JSON the target receives instead of the scheduled event
+    enabled: bool
+
+    def arn(self, region: str, account: str) -> str:
+        if self.kind == "ScheduleV2":
+            return f"arn:aws:scheduler:{region}:{account}:schedule/{self.group}/{self.name}"
+        return f"arn:aws:events:{region}:{account}:rule/{self.name}"
+
+
 class Template:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, text: str | None = None):
+        """template.yaml at `path`, or `text` read as if it were there (CodeUri is relative to its folder)."""
         self.path = path
         self.root = path.parent
-        self.doc = load_template(path.read_text())
+        self.doc = load_template(path.read_text() if text is None else text)
         self.resources: dict[str, dict[str, Any]] = self.doc["Resources"]
         self.globals = (self.doc.get("Globals") or {}).get("Function") or {}
 
@@ -60,6 +83,33 @@ class Template:
                 routes.append(Route(props["Method"].upper(), props["Path"], name, code_uri, handler))
         return routes
 
+    def schedules(self, stack: str = "oidc-broker-local") -> list[Schedule]:
+        """Every function's Schedule and ScheduleV2 events, in template order.
+
+        A rule without a Name gets CloudFormation's kind of name, `<stack>-<function><event>`
+        (without its random suffix). Name and Input must be literal strings here.
+        """
+        schedules = []
+        for function, resource in self.of_type("AWS::Serverless::Function").items():
+            for event_id, event in (resource["Properties"].get("Events") or {}).items():
+                kind = event.get("Type")
+                if kind not in SCHEDULE_EVENTS:
+                    continue
+                props = event.get("Properties") or {}
+                expression = props.get("Schedule" if kind == "Schedule" else "ScheduleExpression", "")
+                default_name = f"{stack}-{function}{event_id}" if kind == "Schedule" else f"{function}{event_id}"
+                state = props.get("State", "ENABLED")
+                enabled = props.get("Enabled", True) is not False and state != "DISABLED"
+                schedules.append(Schedule(
+                    function=function, event=event_id, kind=kind, expression=str(expression),
+                    name=_literal(props.get("Name", default_name), f"{function}.Events.{event_id}.Name"),
+                    group=_literal(props.get("GroupName", "default"), f"{function}.Events.{event_id}.GroupName")
+                    if kind == "ScheduleV2" else "",
+                    input=_literal(props["Input"], f"{function}.Events.{event_id}.Input") if "Input" in props else None,
+                    enabled=enabled,
+                ))
+        return schedules
+
     def environment(self, refs: dict[str, str]) -> dict[str, str]:
         """Globals' function environment with Ref/GetAtt resolved from `refs`."""
         variables = ((self.globals.get("Environment") or {}).get("Variables")) or {}
@@ -71,6 +121,12 @@ class Template:
     def resolve(self, value: Any, refs: dict[str, str]) -> str:
         """A property value with Ref/GetAtt/Sub resolved from `refs`, and Fn::If by the template's Conditions."""
         return _resolve(value, refs, self.doc.get("Conditions") or {})
+
+
+def _literal(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"local mode needs {where} as a literal string, not {value!r}")
+    return value
 
 
 def _holds(condition: Any, refs: dict[str, str], conditions: dict[str, Any]) -> bool:

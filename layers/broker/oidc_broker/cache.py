@@ -6,11 +6,13 @@ moved to another target or have its expiry stretched), the refresh rule (served 
 the credentials' lifetime remains) and single flight (concurrent misses make one exchange: a lock
 per entry in the process plus a lease item in DynamoDB for other containers).
 
-Entries are keyed by target *and* subject: a cloud authorizes the subject, so credentials obtained
-for one subject are never served to a caller whose subject differs. An entry also carries a
+Entries are keyed by binding, target *and* subject: a cloud authorizes the subject, so credentials
+obtained for one subject are never served to a caller whose subject differs. An entry also carries a
 fingerprint of the target's settings, so an edited target never serves credentials of the old one.
 It never stores or logs a plaintext secret, and decides nothing about callers: every caller is
-authorized before the cache is asked.
+authorized before the cache is asked, and `refill` (work without a caller: a scheduled refresh)
+takes the same lease as a request's fill. How long an entry is served comes from the target's
+`refresh_at` setting, which every cloud's description supplies with a default.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clouds import Credentials
-from .config import Target
 from .errors import Throttled
+from .model import Binding, Target
 
 PURPOSE = "oidc-broker credential cache"
 LEASE = 15  # seconds a filler may hold the lease before another request may take over
@@ -78,98 +80,115 @@ class CredentialCache:
         self._poll = poll
         self._sleep = sleep
         self._owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}  # by Binding.key
         self._locks_guard = threading.Lock()
         self._data_keys: OrderedDict[bytes, bytes] = OrderedDict()
         self._data_keys_guard = threading.Lock()
 
-    def get(self, target: Target, subject: str, fill: Fill) -> Served:
-        """The cached credentials for (target, subject) while fresh, else those `fill` obtains (once)."""
-        refresh_at = float(target.setting("refresh_at") or 0.0)
+    def get(self, binding: Binding, fill: Fill) -> Served:
+        """The cached credentials for `binding` while fresh, else those `fill` obtains (once)."""
+        refresh_at = float(binding.target.setting("refresh_at"))
         if refresh_at <= 0:
             credentials, source = fill()
             return Served(credentials, source, from_cache=False)
 
-        hit = self._fresh(target, subject, refresh_at)
+        hit = self._fresh(binding, refresh_at)
         if hit:
             return hit
-        lock = self._lock(target.ref, subject)
+        return self._single_flight(binding, refresh_at, fill, since=None)
+
+    def refill(self, binding: Binding, fill: Fill) -> Served:
+        """Obtain and store new credentials for `binding` whether or not its entry is still fresh,
+        under the lease a request's fill takes; with no caller (a scheduled refresh). When another
+        filler stores an entry meanwhile, that entry is the answer and `fill` is not called."""
+        refresh_at = float(binding.target.setting("refresh_at"))
+        if refresh_at <= 0:  # this target is never cached: nothing to refill
+            credentials, source = fill()
+            return Served(credentials, source, from_cache=False)
+        return self._single_flight(binding, refresh_at, fill, since=int(self._clock()))
+
+    def _single_flight(self, binding: Binding, refresh_at: float, fill: Fill, since: int | None) -> Served:
+        lock = self._lock(binding)
         waited = not lock.acquire(blocking=False)
         if waited:
             lock.acquire()
         try:
-            return self._fill(target, subject, refresh_at, fill, waited)
+            return self._fill(binding, refresh_at, fill, waited, since)
         finally:
             lock.release()
 
-    def _fill(self, target: Target, subject: str, refresh_at: float, fill: Fill, waited: bool) -> Served:
+    def _fill(self, binding: Binding, refresh_at: float, fill: Fill, waited: bool, since: int | None) -> Served:
         if waited:  # another thread of this process may have filled it meanwhile
-            hit = self._fresh(target, subject, refresh_at)
+            hit = self._fresh(binding, refresh_at, since)
             if hit:
                 return hit
         deadline = self._clock() + self._wait
-        while not self._store.lock_credentials_fill(target.ref, subject, self._owner, int(self._clock()),
+        while not self._store.lock_credentials_fill(binding, self._owner, int(self._clock()),
                                                     int(self._clock()) + self._lease):
             if self._clock() >= deadline:
-                raise Throttled(f"another request is obtaining credentials for target {target.ref!r}; "
+                raise Throttled(f"another request is obtaining credentials for target {binding.target.ref!r}; "
                                 "try again shortly", "fill_in_progress", 1)
             self._sleep(self._poll)
-            hit = self._fresh(target, subject, refresh_at)
+            hit = self._fresh(binding, refresh_at, since)
             if hit:
                 return hit
         try:
-            hit = self._fresh(target, subject, refresh_at)  # filled just before we took the lease
-            if hit:
-                return hit
+            if since is None:
+                hit = self._fresh(binding, refresh_at)  # filled just before we took the lease
+                if hit:
+                    return hit
             # The data key first: if KMS is unavailable, fail before anything is minted or exchanged.
-            data_key = self._new_data_key(target, subject)
+            data_key = self._new_data_key(binding)
             credentials, source = fill()
             not_stored = None
             if refresh_time(credentials.issued_at, credentials.expires_at, refresh_at) <= self._clock():
                 not_stored = "too little lifetime left to cache"
             else:
                 try:
-                    self._put(target, subject, credentials, source, data_key)
+                    self._put(binding, credentials, source, data_key)
                 except Exception as e:  # the cache only saves exchanges: still serve what we obtained
                     not_stored = f"the cache could not be written ({_code(e) or type(e).__name__})"
             return Served(credentials, source, from_cache=False, not_stored=not_stored)
         finally:
-            self._store.unlock_credentials_fill(target.ref, subject, self._owner)
+            self._store.unlock_credentials_fill(binding, self._owner)
 
     # -- reading -------------------------------------------------------------------------------
-    def _fresh(self, target: Target, subject: str, refresh_at: float) -> Served | None:
-        item = self._store.cached_credentials(target.ref, subject)
-        if not item or item.get("fingerprint") != fingerprint(target):
+    def _fresh(self, binding: Binding, refresh_at: float, since: int | None = None) -> Served | None:
+        """The entry while it is served (and, given `since`, only one issued since then)."""
+        item = self._store.cached_credentials(binding)
+        if not item or item.get("fingerprint") != fingerprint(binding.target):
             return None
         issued_at, expires_at = int(item["issued_at"]), int(item["expires_at"])
         if self._clock() >= min(refresh_time(issued_at, expires_at, refresh_at), expires_at):
             return None
-        fields = self._open(target, subject, item)
+        if since is not None and issued_at < since:
+            return None
+        fields = self._open(binding, item)
         if fields is None:
             return None
         return Served(Credentials(fields, issued_at, expires_at), item["source"], from_cache=True)
 
-    def _open(self, target: Target, subject: str, item: dict[str, Any]) -> dict[str, str] | None:
+    def _open(self, binding: Binding, item: dict[str, Any]) -> dict[str, str] | None:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        key = self._data_key(target, subject, item["data_key"])
+        key = self._data_key(binding, item["data_key"])
         if key is None:
             return None
         try:
-            plaintext = AESGCM(key).decrypt(item["nonce"], item["ciphertext"], _aad(target, subject, item))
+            plaintext = AESGCM(key).decrypt(item["nonce"], item["ciphertext"], _aad(binding, item))
         except InvalidTag:
             return None  # altered or moved: treat as a miss, the next fill overwrites it
         return json.loads(plaintext)
 
-    def _data_key(self, target: Target, subject: str, blob: bytes) -> bytes | None:
+    def _data_key(self, binding: Binding, blob: bytes) -> bytes | None:
         with self._data_keys_guard:
             if blob in self._data_keys:
                 self._data_keys.move_to_end(blob)
                 return self._data_keys[blob]
         try:
             key = self._kms.decrypt(CiphertextBlob=blob, KeyId=self._key_id,
-                                    EncryptionContext=_context(target, subject))["Plaintext"]
+                                    EncryptionContext=_context(binding))["Plaintext"]
         except Exception as e:
             if _code(e) in ("InvalidCiphertextException", "IncorrectKeyException"):
                 return None
@@ -178,21 +197,20 @@ class CredentialCache:
         return key
 
     # -- writing -------------------------------------------------------------------------------
-    def _new_data_key(self, target: Target, subject: str) -> tuple[bytes, bytes]:
+    def _new_data_key(self, binding: Binding) -> tuple[bytes, bytes]:
         try:
             response = self._kms.generate_data_key(KeyId=self._key_id, KeySpec="AES_256",
-                                                   EncryptionContext=_context(target, subject))
+                                                   EncryptionContext=_context(binding))
         except Exception as e:
             raise _unavailable(e) from None
         return response["Plaintext"], response["CiphertextBlob"]
 
-    def _put(self, target: Target, subject: str, credentials: Credentials, source: str,
-             data_key: tuple[bytes, bytes]) -> None:
+    def _put(self, binding: Binding, credentials: Credentials, source: str, data_key: tuple[bytes, bytes]) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         key, blob = data_key
         item: dict[str, Any] = {
-            "fingerprint": fingerprint(target),
+            "fingerprint": fingerprint(binding.target),
             "issued_at": int(credentials.issued_at),
             "expires_at": int(credentials.expires_at),
             "source": source,
@@ -201,8 +219,8 @@ class CredentialCache:
             "ttl": int(credentials.expires_at),
         }
         plaintext = json.dumps(dict(credentials.fields)).encode()  # the order the caller sees
-        item["ciphertext"] = AESGCM(key).encrypt(item["nonce"], plaintext, _aad(target, subject, item))
-        self._store.put_cached_credentials(target.ref, subject, item)
+        item["ciphertext"] = AESGCM(key).encrypt(item["nonce"], plaintext, _aad(binding, item))
+        self._store.put_cached_credentials(binding, item)
         self._remember(blob, key)
 
     def _remember(self, blob: bytes, key: bytes) -> None:
@@ -211,17 +229,17 @@ class CredentialCache:
             while len(self._data_keys) > DATA_KEYS_KEPT:
                 self._data_keys.popitem(last=False)
 
-    def _lock(self, target: str, subject: str) -> threading.Lock:
+    def _lock(self, binding: Binding) -> threading.Lock:
         with self._locks_guard:
-            return self._locks.setdefault((target, subject), threading.Lock())
+            return self._locks.setdefault(binding.key, threading.Lock())
 
 
-def _context(target: Target, subject: str) -> dict[str, str]:
-    return {"purpose": PURPOSE, "target": target.ref, "subject": subject}
+def _context(binding: Binding) -> dict[str, str]:
+    return {"purpose": PURPOSE, "target": binding.target.ref, "subject": str(binding.subject)}
 
 
-def _aad(target: Target, subject: str, item: dict[str, Any]) -> bytes:
-    bound = {**_context(target, subject), **{k: item[k] for k in ("fingerprint", "issued_at", "expires_at", "source")}}
+def _aad(binding: Binding, item: dict[str, Any]) -> bytes:
+    bound = {**_context(binding), **{k: item[k] for k in ("fingerprint", "issued_at", "expires_at", "source")}}
     return json.dumps(bound, sort_keys=True).encode()
 
 

@@ -28,7 +28,8 @@ from urllib.parse import urljoin, urlsplit
 
 import jwt
 
-from .config import Config, Target, TrustedIssuer, TrustRule, is_loopback
+from .model import Config, Target, TrustedIssuer, TrustRule
+from .urls import is_loopback
 from .errors import InvalidGrant, InvalidRequest, Throttled, quoted
 from .presets import ascii_lower
 from .subject import is_slug

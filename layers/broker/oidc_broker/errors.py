@@ -7,6 +7,8 @@ dimension and log key operators alarm on.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BrokerError(Exception):
     status = 400
@@ -17,8 +19,9 @@ class BrokerError(Exception):
         super().__init__(description)
         self.description = description
         self.reason = reason or self.error
-        # Log keys naming the caller, once its token is verified (observe.caller_keys).
-        self.caller: dict[str, str] | None = None
+        # The verified caller (callers.VerifiedCaller), once its token is verified: the core sets it,
+        # the shell names it in the log (observe.caller_keys).
+        self.caller: Any = None
         # What the operator needs and the caller must not see (a fetch error, configured values):
         # logged with the refusal, never part of the response.
         self.log: dict[str, object] = dict(log or {})

@@ -16,15 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import callers, observe, subject, tokens
-from .config import Config, Target, TrustRule
+from . import callers, subject, tokens
 from .errors import BrokerError, InvalidGrant, InvalidTarget, ServerError
 from .keys import KeyRing
+from .model import Binding, Config, Target, TrustRule
 from .store import AlreadyUsed, Grant
 
 # How long past the caller token's last usable moment (plus leeway) its grant is kept as a replay guard.
 REPLAY_MARGIN = 300
 AUDIT_RETENTION = 90 * 24 * 3600
+TOO_LARGE = "minted_token_too_large"
 
 
 class Signer(Protocol):
@@ -46,6 +47,27 @@ class Issued:
 
 
 @dataclass(frozen=True)
+class Signed:
+    """A token signed for a binding, and the grant recorded for it before it was signed."""
+
+    token: str
+    claims: dict[str, Any]
+    grant: Grant = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who a token is minted for: named in its `act` claim and recorded in its grant. A verified
+    caller (Authorization.actor), or the broker's own work, which has none (a scheduled refresh)."""
+
+    issuer: str
+    subject: str
+    jti: str  # the grant's key with the target: a caller token's jti (the replay guard), or a fresh id
+    trust_rule: str  # the rule that admitted the caller, or what the work is
+    usable_until: int = 0  # the caller token's last usable moment, leeway included: its grant outlives it
+
+
+@dataclass(frozen=True)
 class Authorization:
     """A caller verified and admitted to a target, and the subject it gets: nothing recorded yet."""
 
@@ -55,20 +77,33 @@ class Authorization:
     rule: TrustRule
     subject: subject.Subject
 
+    @property
+    def binding(self) -> Binding:
+        return Binding(self.target, self.subject)
+
+    @property
+    def actor(self) -> Actor:
+        caller = self.caller
+        # The caller token is refused past exp or past iat + max_token_age (each plus leeway), whichever
+        # comes first: its replay guard need not outlive that, whatever exp the caller wrote.
+        usable_until = min(int(caller.claims["exp"]), int(caller.claims["iat"]) + caller.issuer.max_token_age)
+        return Actor(issuer=caller.issuer.issuer, subject=caller.subject, jti=caller.jti, trust_rule=self.rule.name,
+                     usable_until=usable_until + caller.issuer.leeway)
+
 
 class Broker:
     def __init__(
         self,
         *,
         config: Callable[[], Config],
-        caller_keys: callers.IssuerKeys,
+        issuer_keys: callers.IssuerKeys,
         key_ring: KeyRing,
         signer: Signer,
         store: Any,
         clock: Callable[[], float],
     ):
         self._config = config
-        self._caller_keys = caller_keys
+        self._issuer_keys = issuer_keys
         self._key_ring = key_ring
         self._signer = signer
         self._store = store
@@ -85,79 +120,88 @@ class Broker:
             raise ServerError("the broker's configuration names another issuer than this deployment", "issuer_mismatch",
                               log={"configured_issuer": config.issuer, "deployment_issuer": issuer})
         now = self._clock()
-        caller = callers.verify(subject_token, config, self._caller_keys, now)
+        caller = callers.verify(subject_token, config, self._issuer_keys, now)
         try:
             target = config.target(audience)
             if target is None:
                 raise InvalidTarget(f"audience {audience!r} is not a known <space>/<target>", "unknown_target")
             rule = callers.admit(config, caller, target)
-            values = {"space": target.space, target.kind: target.name, **callers.context_values(rule, caller, target)}
             try:
-                subj = subject.build(target.subject_keys, values, target.provider)
+                subj = target.subject_for(callers.context_values(rule, caller, target))
             except subject.SubjectError as e:
                 raise InvalidGrant(str(e), "invalid_subject") from None
         except BrokerError as e:
-            e.caller = observe.caller_keys(caller)
+            e.caller = caller
             raise
         return Authorization(issuer=issuer, caller=caller, target=target, rule=rule, subject=subj)
 
     def mint(self, auth: Authorization) -> Issued:
         """Record the grant (replay guard and audit entry), then sign; a failed signature withdraws it."""
+        try:
+            signed = self.sign(auth.issuer, auth.binding, auth.actor)
+        except InvalidGrant as e:
+            if e.reason == TOO_LARGE:
+                e.caller = auth.caller
+            raise
+        return Issued(signed.token, signed.claims, auth.target, auth.rule, auth.caller, signed.grant)
+
+    def sign(self, issuer: str, binding: Binding, actor: Actor) -> Signed:
+        """A token for `binding` naming `actor`, with no caller to verify: the grant is recorded first
+        (AlreadyUsed: refused as replayed), then KMS signs; a failed signature withdraws the grant.
+
+        `issuer` is the broker's issuer URL. The binding must come from the applied configuration:
+        nothing here checks that a trust rule admits the actor (authorize does, for callers).
+        """
         key = self._key_ring.signing_key()
         if key is None:
             raise ServerError("the key ring has no active signing key", "no_signing_key")
         issued_at = int(self._clock())
-        caller, target, rule = auth.caller, auth.target, auth.rule
-        actor = tokens.Caller(issuer=caller.issuer.issuer, subject=caller.subject)
-        body = tokens.claims(issuer=auth.issuer, target=target, subject=auth.subject, caller=actor, now=issued_at,
+        target = binding.target
+        body = tokens.claims(issuer=issuer, target=target, subject=binding.subject,
+                             caller=tokens.Caller(issuer=actor.issuer, subject=actor.subject), now=issued_at,
                              jti=str(uuid.uuid4()))
         try:
             message = tokens.signing_input(tokens.header(key.kid), body)
         except tokens.TooLarge as e:
             # The caller's sub (act.sub) is what varies between the tokens of one target.
-            error = InvalidGrant(f"the broker token for this caller would be {e.size} bytes to sign; KMS signs at most "
-                                 f"{tokens.MAX_SIGNING_INPUT}: the caller's sub is too long for target {target.ref!r}",
-                                 "minted_token_too_large")
-            error.caller = observe.caller_keys(caller)
-            raise error from None
+            raise InvalidGrant(f"the broker token for this caller would be {e.size} bytes to sign; KMS signs at most "
+                               f"{tokens.MAX_SIGNING_INPUT}: the caller's sub is too long for target {target.ref!r}",
+                               TOO_LARGE) from None
 
-        grant = self._grant(auth, token_jti=body["jti"], issued_at=issued_at, expires_at=body["exp"])
+        grant = self._grant(actor, binding, token_jti=body["jti"], issued_at=issued_at, expires_at=body["exp"])
         self._record(grant)
         try:
             signature = self._signer.sign(key.key_arn, message)
         except Exception:
             self._store.withdraw_grant(grant)
             raise
-        return Issued(tokens.assemble(message, signature), body, target, rule, caller, grant)
+        return Signed(tokens.assemble(message, signature), body, grant)
 
     def record(self, auth: Authorization, *, token_jti: str, expires_at: int) -> Grant:
         """Record a grant for credentials served without minting (a cache hit): replay guard and audit entry."""
-        grant = self._grant(auth, token_jti=token_jti, issued_at=int(self._clock()), expires_at=expires_at)
+        grant = self._grant(auth.actor, auth.binding, token_jti=token_jti, issued_at=int(self._clock()),
+                            expires_at=expires_at)
         self._record(grant)
         return grant
 
-    def withdraw(self, issued: Issued) -> None:
+    def withdraw(self, issued: Issued | Signed) -> None:
         """Undo the grant of a token that obtained nothing, so the caller token stays usable."""
         if issued.grant is not None:
             self._store.withdraw_grant(issued.grant)
 
-    def _grant(self, auth: Authorization, *, token_jti: str, issued_at: int, expires_at: int) -> Grant:
-        caller = auth.caller
-        # The caller token is refused past exp or past iat + max_token_age (each plus leeway), whichever
-        # comes first: its replay guard need not outlive that, whatever exp the caller wrote.
-        usable_until = min(int(caller.claims["exp"]), int(caller.claims["iat"]) + caller.issuer.max_token_age)
+    def _grant(self, actor: Actor, binding: Binding, *, token_jti: str, issued_at: int, expires_at: int) -> Grant:
         return Grant(
-            caller_issuer=caller.issuer.issuer,
-            caller_subject=caller.subject,
-            caller_jti=caller.jti,
-            trust_rule=auth.rule.name,
-            target=auth.target.ref,
-            subject=str(auth.subject),
-            audience=auth.target.audience,
+            caller_issuer=actor.issuer,
+            caller_subject=actor.subject,
+            caller_jti=actor.jti,
+            trust_rule=actor.trust_rule,
+            target=binding.target.ref,
+            subject=str(binding.subject),
+            audience=binding.target.audience,
             token_jti=token_jti,
             issued_at=issued_at,
             token_expires_at=int(expires_at),
-            keep_until=max(usable_until + caller.issuer.leeway + REPLAY_MARGIN, issued_at + AUDIT_RETENTION),
+            keep_until=max(actor.usable_until + REPLAY_MARGIN, issued_at + AUDIT_RETENTION),
         )
 
     def _record(self, grant: Grant) -> None:

@@ -21,8 +21,8 @@ def refused(logger: Any, metrics: Any, error: BrokerError, operation: str) -> di
     """Log and count a refusal (4xx) or a failure (5xx), and shape its response."""
     from aws_lambda_powertools.metrics import MetricUnit
 
-    if error.caller:
-        logger.append_keys(**error.caller)
+    if error.caller is not None:
+        logger.append_keys(**caller_keys(error.caller))
     details = {**error.log, "reason": error.reason, "error": error.error, "error_description": error.description}
     metrics.add_dimension(name="reason", value=error.reason)
     if error.status >= 500:

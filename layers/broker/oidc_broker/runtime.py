@@ -1,16 +1,21 @@
 """Wiring for the Lambda functions: settings from the environment, clients, cached state.
 
 Everything here is built once per container, at module scope of the handler that needs it.
-Each builder imports only what its function uses, so discovery never imports boto3.
+Each builder imports only what its function uses, so discovery never imports boto3. A function
+makes one boto3 session and every client it uses comes from it: a session per client would load
+botocore's data (endpoints, models) again each time, which is most of a cold start.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
-from . import config as config_module
 from .errors import ServerError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def issuer_url(request_domain: str | None) -> str:
@@ -28,18 +33,17 @@ def allow_loopback_http() -> bool:
     return os.environ.get("BROKER_ALLOW_LOOPBACK_HTTP", "") == "true"
 
 
-def _clients(*services: str):
+def session():
+    """A boto3 session: one per container, passed to every builder below that makes a client."""
     import boto3
 
-    session = boto3.session.Session()
-    return [session.client(s) for s in services]
+    return boto3.session.Session()
 
 
-def store():
+def store(boto3_session=None):
     from .store import Store
 
-    (dynamodb,) = _clients("dynamodb")
-    return Store(dynamodb, os.environ["TABLE_NAME"])
+    return Store((boto3_session or session()).client("dynamodb"), os.environ["TABLE_NAME"])
 
 
 def signing_key_arns() -> frozenset[str]:
@@ -54,7 +58,9 @@ def key_ring(source=None):
     return KeyRing(source or store(), time.time, key_arns=signing_key_arns())
 
 
-def load_config(source) -> config_module.Config:
+def load_config(source) -> Config:
+    from . import config as config_module
+
     item = source.get_config()
     if item is None:
         raise ServerError("no configuration has been applied (oidc-broker apply FILE)", "no_config")
@@ -66,16 +72,20 @@ def load_config(source) -> config_module.Config:
                           log={"config_source": e.source, "config_problems": [f"{p}: {r}" for p, r in e.problems][:50]}) from e
 
 
-def broker(source=None, kms=None):
+def broker(source=None, kms=None, boto3_session=None):
+    """The Broker: configuration, caller key sets, key ring and KMS signer over one session."""
+    from . import config as config_module
     from .callers import HttpFetcher, IssuerKeys
     from .keys import KmsSigner
     from .minting import Broker
 
-    source = source or store()
-    (kms,) = (kms,) if kms is not None else _clients("kms")
+    if source is None or kms is None:
+        boto3_session = boto3_session or session()
+    source = source or store(boto3_session)
+    kms = kms or boto3_session.client("kms")
     return Broker(
         config=config_module.ConfigCache(lambda: load_config(source), time.time).get,
-        caller_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time, shared=source),
+        issuer_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time, shared=source),
         key_ring=key_ring(source),
         signer=KmsSigner(kms),
         store=source,
@@ -83,16 +93,21 @@ def broker(source=None, kms=None):
     )
 
 
-def exchange_aws():
-    """The AWS exchange: the broker, the AWS exchanger and the encrypted credential cache."""
+def exchange(cloud: str, boto3_session=None):
+    """The exchange for `cloud` (a name in clouds.CLOUDS): the broker, the cloud's exchanger and the
+    encrypted credential cache, every client from one session."""
     from .cache import CredentialCache
-    from .clouds.aws import AwsExchanger, boto3_clients
+    from .clouds import CLOUDS
     from .exchange import Exchange
 
-    source = store()
-    (kms,) = _clients("kms")
+    description = CLOUDS[cloud]
+    if description.exchanger is None:
+        raise ValueError(f"cloud {cloud!r} has no exchanger")
+    boto3_session = boto3_session or session()
+    source = store(boto3_session)
+    kms = boto3_session.client("kms")
     return Exchange(
         broker=broker(source, kms),
-        exchanger=AwsExchanger(boto3_clients(), default_region=os.environ.get("AWS_REGION")),
+        exchanger=description.exchanger(boto3_session),
         cache=CredentialCache(source, kms, os.environ["CACHE_KEY_ID"], time.time),
     )

@@ -21,7 +21,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import Binding
 
 CONFIG_PK, CONFIG_SK = "CONFIG", "CURRENT"
 DEPLOYMENT_PK, DEPLOYMENT_SK = "DEPLOYMENT", "CURRENT"
@@ -246,25 +249,25 @@ class Store:
     # CACHE#<space>/<target> / CREDENTIALS#<subject>   one envelope-encrypted credential set (no
     #                                                  plaintext secret); ttl = its expiry
     # CACHE#<space>/<target> / FILL#<subject>          the lease of the request obtaining it
-    def cached_credentials(self, target: str, subject: str) -> dict[str, Any] | None:
+    def cached_credentials(self, binding: Binding) -> dict[str, Any] | None:
         item = self._db.get_item(
-            TableName=self._table, Key=_cache_key(target, CACHE_ENTRY, subject), ConsistentRead=True
+            TableName=self._table, Key=_cache_key(binding, CACHE_ENTRY), ConsistentRead=True
         ).get("Item")
         if not item:
             return None
         return {k: _value(v) for k, v in item.items() if k not in ("pk", "sk")}
 
-    def put_cached_credentials(self, target: str, subject: str, attributes: dict[str, str | int | bytes]) -> None:
-        item = {**_cache_key(target, CACHE_ENTRY, subject), **{k: _attribute(v) for k, v in attributes.items()}}
+    def put_cached_credentials(self, binding: Binding, attributes: dict[str, str | int | bytes]) -> None:
+        item = {**_cache_key(binding, CACHE_ENTRY), **{k: _attribute(v) for k, v in attributes.items()}}
         self._db.put_item(TableName=self._table, Item=item)
 
-    def lock_credentials_fill(self, target: str, subject: str, owner: str, now: int, lease_until: int) -> bool:
+    def lock_credentials_fill(self, binding: Binding, owner: str, now: int, lease_until: int) -> bool:
         """Take the fill lease unless another owner holds an unexpired one; True when taken."""
         try:
             self._db.put_item(
                 TableName=self._table,
                 Item={
-                    **_cache_key(target, CACHE_FILL, subject),
+                    **_cache_key(binding, CACHE_FILL),
                     "owner": _s(owner),
                     "lease_until": _n(lease_until),
                     "ttl": _n(lease_until + 3600),
@@ -276,12 +279,12 @@ class Store:
             return False
         return True
 
-    def unlock_credentials_fill(self, target: str, subject: str, owner: str) -> None:
+    def unlock_credentials_fill(self, binding: Binding, owner: str) -> None:
         """Release the fill lease if this owner still holds it."""
         try:
             self._db.delete_item(
                 TableName=self._table,
-                Key=_cache_key(target, CACHE_FILL, subject),
+                Key=_cache_key(binding, CACHE_FILL),
                 ConditionExpression="#owner = :owner",
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={":owner": _s(owner)},
@@ -293,8 +296,8 @@ class Store:
 CACHE_ENTRY, CACHE_FILL = "CREDENTIALS", "FILL"
 
 
-def _cache_key(target: str, kind: str, subject: str) -> dict[str, dict[str, str]]:
-    return {"pk": _s(f"CACHE#{target}"), "sk": _s(f"{kind}#{subject}")}
+def _cache_key(binding: Binding, kind: str) -> dict[str, dict[str, str]]:
+    return {"pk": _s(f"CACHE#{binding.target.ref}"), "sk": _s(f"{kind}#{binding.subject}")}
 
 
 def _attribute(value: str | int | bytes) -> dict[str, Any]:

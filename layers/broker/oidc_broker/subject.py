@@ -1,6 +1,7 @@
 """Subjects: the `key:value` strings a cloud trust policy matches on.
 
-Owns the subject keys, their fixed order, the slug rule for values and the length limits.
+Owns the subject keys, their fixed order, the slug rule for values and the length check (each
+cloud states its own limit in its description; a function here takes the limit it is given).
 Pure: no I/O, no clock. It never rewrites a value; a value that is not a slug is refused.
 """
 
@@ -20,9 +21,8 @@ CONTEXT_KEYS: frozenset[str] = frozenset({"project", "runbook", "tenant", "envir
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
-# Google maps the subject to `google.subject`, which holds at most 127 bytes.
-MAX_SUBJECT_BYTES = {"gcp": 127}
-DEFAULT_MAX_SUBJECT_BYTES = 255
+# The longest subject any target allows; a cloud may allow fewer (its description says so).
+MAX_BYTES = 255
 
 
 class SubjectError(ValueError):
@@ -31,10 +31,6 @@ class SubjectError(ValueError):
 
 def is_slug(value: object) -> bool:
     return isinstance(value, str) and SLUG.fullmatch(value) is not None
-
-
-def max_subject_bytes(provider: str) -> int:
-    return MAX_SUBJECT_BYTES.get(provider, DEFAULT_MAX_SUBJECT_BYTES)
 
 
 def default_keys(kind: str) -> tuple[str, ...]:
@@ -71,9 +67,28 @@ class Subject:
         """One claim per subject part, so a relying party can map them individually."""
         return dict(self.parts)
 
+    @classmethod
+    def parse(cls, text: str, max_bytes: int = MAX_BYTES) -> Subject:
+        """The subject `text` renders, refusing anything `build` would not produce: keys in order,
+        the space and exactly one target kind among them, slug values, at most `max_bytes`."""
+        parts = text.split(":") if isinstance(text, str) and text else []
+        if len(parts) % 2 or not parts:
+            raise SubjectError("a subject is key:value pairs joined by ':'")
+        keys = tuple(parts[::2])
+        kinds = TARGET_KINDS & set(keys)
+        if len(kinds) != 1:
+            raise SubjectError(f"a subject names exactly one of {', '.join(sorted(TARGET_KINDS))}")
+        check_keys(keys, next(iter(kinds)))
+        built = build(keys, dict(zip(keys, parts[1::2])), max_bytes)
+        if str(built) != text:  # a key given twice, or a value holding a separator
+            raise SubjectError("not a subject the broker builds")
+        return built
 
-def build(keys: tuple[str, ...], values: dict[str, str], provider: str) -> Subject:
-    """Build the subject for `keys` from `values`; every chosen key needs a slug value."""
+
+def build(keys: tuple[str, ...], values: dict[str, str], max_bytes: int = MAX_BYTES, *,
+          limited_by: str = "targets") -> Subject:
+    """Build the subject for `keys` from `values`; every chosen key needs a slug value, and the
+    whole at most `max_bytes` (the limit of the target's cloud; `limited_by` names it in a refusal)."""
     parts = []
     for key in keys:
         value = values.get(key)
@@ -83,10 +98,9 @@ def build(keys: tuple[str, ...], values: dict[str, str], provider: str) -> Subje
             raise SubjectError(f"subject value for {key!r} is not a slug ([a-z0-9][a-z0-9-]{{0,62}})")
         parts.append((key, value))
     subject = Subject(tuple(parts))
-    limit = max_subject_bytes(provider)
     size = len(str(subject).encode())
-    if size > limit:
-        raise SubjectError(f"subject is {size} bytes; {provider} targets allow at most {limit}")
+    if size > max_bytes:
+        raise SubjectError(f"subject is {size} bytes; {limited_by} allow at most {max_bytes}")
     return subject
 
 

@@ -10,10 +10,12 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Target
 from .subject import Subject
+
+if TYPE_CHECKING:  # annotations only: discovery imports this module and needs no configuration model
+    from .model import Target
 
 ALG = "RS256"
 ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"

@@ -1,4 +1,5 @@
-"""oidc_broker/clouds/aws.py: STS and ECR calls, retries, and errors a user can act on (botocore Stubber)."""
+"""oidc_broker/clouds/aws.py: the AWS description (a target's aws: settings, its trust policy) and the
+exchanger: STS and ECR calls, retries, and errors a user can act on (botocore Stubber)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from hypothesis import strategies as st
 
 from oidc_broker import config
 from oidc_broker.clouds import Request
-from oidc_broker.clouds.aws import AwsExchanger, Backoff, boto3_clients, session_name
+from oidc_broker.clouds import CLOUDS, TrustSetupError
+from oidc_broker.clouds import aws
+from oidc_broker.clouds.aws import AwsExchanger, Backoff, boto3_clients, session_name, target_trust_policy
 from oidc_broker.errors import AccessDenied, CloudError, InvalidTarget, Throttled
+from oidc_broker.model import Target
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJicm9rZXIifQ.c2lnbmF0dXJl"
 ROLE = "arn:aws:iam::123456789012:role/deploy"
@@ -270,12 +274,28 @@ def test_backoff_waits_grow_and_stay_capped():
 def test_sts_clients_are_unsigned_and_ecr_clients_carry_the_role_credentials(monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    factory = boto3_clients()
+    session = boto3.session.Session()
+    factory = boto3_clients(session)
     sts = factory("sts", "eu-west-1", None)
     assert sts.meta.config.signature_version is UNSIGNED
     assert factory("sts", "eu-west-1", None) is sts  # once per container and region
     ecr = factory("ecr", "eu-west-1", ROLE_CREDENTIALS)
     assert ecr._request_signer._credentials.access_key == "ASIAEXAMPLE12345"
+
+
+def test_every_client_of_the_exchanger_comes_from_the_session_it_is_given(monkeypatch):
+    made = []
+
+    class Session:
+        def client(self, service, **kwargs):
+            made.append(service)
+            return object()
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    built = aws.exchanger(Session())
+    built.clients("sts", "eu-west-1", None)
+    built.clients("ecr", "eu-west-1", ROLE_CREDENTIALS)
+    assert (made, built.default_region, built.provider) == (["sts", "ecr"], "eu-west-1", "aws")
 
 
 def test_session_names_say_which_target_and_which_caller():
@@ -397,3 +417,71 @@ def test_a_cloud_that_cannot_be_reached_is_retried_then_503_with_retry_after(exc
         exchanger.exchange(request(target))
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "2"}
     assert "EndpointConnectionError" in refused.value.description and len(sleeps) == 2
+
+
+# -- the description: a target's aws: settings ------------------------------------------------------
+
+def parse_target(kind: str = "account", **aws):
+    doc = config_doc()
+    space_doc(doc)["targets"] = [{"name": "x", "kind": kind, "provider": "aws", "aws": {"role_arn": ROLE, **aws}}]
+    space_doc(doc)["trust"] = []
+    return config.parse(doc).target("acme/x")
+
+
+def problems(kind: str = "account", **aws) -> list[tuple[str, str]]:
+    with pytest.raises(config.ConfigError) as e:
+        parse_target(kind, **aws)
+    return e.value.problems
+
+
+def test_an_aws_target_defaults_to_one_hour_sessions_refreshed_at_half_life():
+    target = parse_target()
+    assert (target.setting("session_duration"), target.setting("refresh_at")) == (3600, 0.5)
+    assert target.settings == {"role_arn": ROLE}  # defaults are read, not written into the settings
+
+
+def test_an_aws_feed_defaults_to_the_private_ecr_registry():
+    assert parse_target("feed").setting("registry") == "ecr"
+    assert parse_target("feed", registry="ecr-public").setting("registry") == "ecr-public"
+    assert parse_target("account").setting("registry") is None
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(900, 900), ("15m", 900), ("1h", 3600), ("12h", 43200), (43200, 43200)])
+def test_session_durations_are_durations_within_what_sts_allows(value, seconds):
+    assert parse_target(session_duration=value).setting("session_duration") == seconds
+
+
+@pytest.mark.parametrize("value", [899, "13h", 0, "soon", True, None])
+def test_session_durations_outside_sts_limits_are_refused(value):
+    assert problems(session_duration=value) == [
+        ("spaces[0].targets[0].aws.session_duration", "must be a duration from 900s to 43200s (e.g. 3600, 15m, 12h)")]
+
+
+@pytest.mark.parametrize("value", [0, 0.25, 0.9, 1 / 3])
+def test_refresh_at_is_a_fraction_of_the_lifetime(value):
+    assert parse_target(refresh_at=value).setting("refresh_at") == pytest.approx(value)
+
+
+@pytest.mark.parametrize("value", [0.95, 1, -0.1, "0.5", True])
+def test_refresh_at_outside_zero_to_nine_tenths_is_refused(value):
+    assert problems(refresh_at=value)[0][0] == "spaces[0].targets[0].aws.refresh_at"
+
+
+def test_a_registry_on_an_account_target_or_an_unknown_registry_is_refused():
+    assert problems("account", registry="ecr") == [("spaces[0].targets[0].aws.registry", "applies to feed targets only")]
+    assert problems("feed", registry="docker.io") == [
+        ("spaces[0].targets[0].aws.registry", "must be ecr or ecr-public (feed targets only)")]
+
+
+def test_the_aws_description_registers_a_trust_setup_and_an_exchanger():
+    cloud = CLOUDS["aws"]
+    assert (cloud.title, cloud.max_subject_bytes, cloud.trust_setup) == ("AWS", 255, target_trust_policy)
+    assert cloud.exchanger is aws.exchanger
+    assert cloud.default_audience({}) == "sts.amazonaws.com"
+
+
+def test_a_trust_policy_for_a_target_without_a_role_says_what_is_missing():
+    target = Target(space="acme", name="x", kind="feed", provider="aws", audience="sts.amazonaws.com",
+                    subject_keys=("space", "feed"), lifetime=600)
+    with pytest.raises(TrustSetupError, match="target 'acme/x' names no aws.role_arn"):
+        target_trust_policy(BROKER, target, ["space:acme:feed:x"])

@@ -7,6 +7,9 @@ number of times with jittered backoff and then become 503 with Retry-After; ever
 a 5xx that a retry would not change included, is translated once into an error that names the
 role, the subject and the audience AWS was shown and the AWS error code (or HTTP status).
 Never logs, returns or raises the broker token, the role credentials or the docker password.
+
+`CLOUD` describes AWS to the rest of the broker: a target's `aws:` settings, the audience STS
+expects, and the role trust policy a target needs (`oidc-broker trust-policy aws`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..checks import one_of, seconds_between
 from ..errors import AccessDenied, CloudError, InvalidTarget, Throttled
-from . import Credentials, Request, cloud_message
+from . import Cloud, Credentials, Request, Setting, TrustSetupError, cloud_message, refresh_at
 
 PROVIDER = "aws"
 ECR_PUBLIC_REGION = "us-east-1"  # ECR Public's API lives only there
@@ -135,13 +139,16 @@ class Backoff:
 ClientFactory = Callable[[str, str, "dict[str, str] | None"], Any]
 
 
-def boto3_clients() -> ClientFactory:
-    """Clients built once per service and region; STS unsigned; ECR with the role's credentials."""
-    import boto3
+def boto3_clients(session: Any = None) -> ClientFactory:
+    """Clients from `session` (the container's one boto3 session): STS unsigned, built once per
+    region; ECR with the role's credentials, per exchange."""
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    session = boto3.session.Session()
+    if session is None:
+        import boto3
+
+        session = boto3.session.Session()
     # Our own Backoff retries; each call gets a deadline well inside the function's timeout.
     base = dict(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 1})
     unsigned: dict[str, Any] = {}
@@ -169,11 +176,6 @@ def boto3_clients() -> ClientFactory:
 def _account(role_arn: str) -> str:
     parts = role_arn.split(":")
     return parts[4] if len(parts) > 4 else "?"
-
-
-def _host_path(issuer: str) -> str:
-    parts = urlsplit(issuer)
-    return f"{parts.netloc}{parts.path}"
 
 
 @dataclass
@@ -224,7 +226,7 @@ class AwsExchanger:
     def _sts_error(self, error: Exception, request: Request, role_arn: str) -> Exception:
         code = error_code(error)
         said = _said(error)
-        host = _host_path(request.issuer)
+        host = provider_host(request.issuer)
         sent = f"subject {request.subject!r} with audience {request.target.audience!r}"
         if code == "AccessDenied":
             return AccessDenied(
@@ -357,6 +359,38 @@ def trust_policy(account: str, issuer: str, audience: str | list[str], subject: 
 
 def target_trust_policy(issuer: str, target: Any, subjects: list[str]) -> dict[str, Any]:
     """The trust policy for a target's role: its audience and every subject the broker mints for it."""
+    if not target.setting("role_arn"):
+        raise TrustSetupError(f"target {target.ref!r} names no aws.role_arn")
     account = target.setting("role_arn").split(":")[4]
     like = any("*" in s for s in subjects)
     return trust_policy(account, issuer, target.audience, subjects[0] if len(subjects) == 1 else subjects, like=like)
+
+
+def exchanger(session: Any) -> AwsExchanger:
+    """The AWS exchanger with clients of the container's session (botocore is imported here)."""
+    import os
+
+    return AwsExchanger(boto3_clients(session), default_region=os.environ.get("AWS_REGION"))
+
+
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+
+CLOUD = Cloud(
+    name=PROVIDER,
+    title="AWS",
+    settings={
+        "role_arn": Setting(_ROLE_ARN, "an IAM role ARN"),
+        "region": Setting(_REGION, "an AWS region such as us-east-1"),
+        # STS allows 900 s up to the role's MaxSessionDuration, at most 12 hours.
+        "session_duration": Setting(seconds_between(900, 43200), "a duration from 900s to 43200s (e.g. 3600, 15m, 12h)",
+                                    default=3600),
+        # ECR private (the role's account and region) or ECR Public (public.ecr.aws, us-east-1).
+        "registry": Setting(one_of("ecr", "ecr-public"), "ecr or ecr-public (feed targets only)", default="ecr",
+                            kinds=("feed",)),
+        "refresh_at": refresh_at(0.5),
+    },
+    default_audience=lambda settings: "sts.amazonaws.com",
+    trust_setup=target_trust_policy,
+    exchanger=exchanger,
+)

@@ -1,0 +1,1 @@
+"""Tests of tools/oidc_broker_cli/local/clouds/."""
