@@ -124,7 +124,7 @@ def test_the_layer_ships_its_extra_and_what_it_pulls_in_but_not_boto3(pyproject,
     layer = lock.parse_lock(lock.LAYER_REQUIREMENTS.read_text())
     names = {p.name for p in layer}
     roots = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["optional-dependencies"]["layer"]}
-    assert roots == {"aws-lambda-powertools", "pyjwt", "cryptography"}
+    assert roots == {"aws-lambda-powertools", "pyjwt", "cryptography", "azure-identity", "google-auth", "requests"}
     assert roots <= names
     assert {"cffi", "pycparser"} <= names  # cryptography's compiled backend
     assert not names & {"boto3", "botocore", "s3transfer", "moto", "pyyaml", "pytest"}
