@@ -181,6 +181,18 @@ PARTITIONS = {
         "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
         "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
     },
+    "ExchangeAzureFunction": {
+        "dynamodb:GetItem": ["CACHE#*", "CONFIG", "ISSUERKEYS#*"],
+        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
+        "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
+    },
+    "ExchangeGcpFunction": {
+        "dynamodb:GetItem": ["CACHE#*", "CONFIG", "ISSUERKEYS#*"],
+        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
+        "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
+    },
     "KeyRingFunction": {"dynamodb:Query": ["KEYRING"], "dynamodb:PutItem": ["DEPLOYMENT", "KEYRING"]},
 }
 
@@ -388,7 +400,7 @@ def test_every_key_policy_principal_is_the_account_or_a_function_role(template, 
 
 def test_only_the_minting_functions_roles_may_sign_and_only_rs256(template):
     signers = _key_users(template, "SigningKey", "kms:Sign")
-    assert sorted(signers) == sorted(json.dumps(_role(f), sort_keys=True) for f in ("TokenFunction", "ExchangeAwsFunction"))
+    assert sorted(signers) == sorted(json.dumps(_role(f), sort_keys=True) for f in ("TokenFunction", *_exchange_functions(template)))
     for statement in signers.values():
         assert _as_list(statement["Action"]) == ["kms:Sign"]
         assert statement["Condition"] == {"StringEquals": {"kms:SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"}}
@@ -407,10 +419,11 @@ def test_the_signing_key_is_used_for_nothing_but_signing_and_publishing(template
 
 
 def test_only_the_exchange_functions_role_gets_cache_data_keys_in_the_caches_context(template):
+    roles = sorted(json.dumps(_role(f), sort_keys=True) for f in _exchange_functions(template))
     role = json.dumps(_role("ExchangeAwsFunction"), sort_keys=True)
     for action in KMS_USE_ACTIONS:
         users = _key_users(template, "CacheKey", action)
-        assert sorted(users) == ([role] if action in ("kms:GenerateDataKey", "kms:Decrypt") else []), action
+        assert sorted(users) == (roles if action in ("kms:GenerateDataKey", "kms:Decrypt") else []), action
     statement = _key_users(template, "CacheKey", "kms:Decrypt")[role]
     assert sorted(_as_list(statement["Action"])) == ["kms:Decrypt", "kms:GenerateDataKey"]
     assert statement["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "oidc-broker credential cache"}}
@@ -444,7 +457,7 @@ def test_the_functions_that_read_the_key_ring_trust_only_the_stacks_signing_key(
     # keys.KeyRing publishes and signs only with entries of these keys (runtime.key_ring).
     readers = {n for n, f in _functions(template).items() for s in _dynamodb_statements(f)
                if _grants(s, "dynamodb:Query") and _may_touch(s, "KEYRING")} - {"KeyRingFunction"}
-    assert readers == {"JwksFunction", "TokenFunction", "ExchangeAwsFunction"}
+    assert readers == {"JwksFunction", "TokenFunction", *_exchange_functions(template)}
     for name in readers:
         variables = template["Resources"][name]["Properties"]["Environment"]["Variables"]
         assert variables["SIGNING_KEY_ARNS"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}, name
@@ -520,6 +533,8 @@ def test_every_route_is_a_literal_path_on_the_one_http_api(template):
         "GET /.well-known/jwks.json": "JwksFunction",
         "POST /token": "TokenFunction",
         "POST /exchange/aws": "ExchangeAwsFunction",
+        "POST /exchange/azure": "ExchangeAzureFunction",
+        "POST /exchange/gcp": "ExchangeGcpFunction",
     }
     for _, props in routes.values():
         assert props["ApiId"] == {"Ref": "HttpApi"}

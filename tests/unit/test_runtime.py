@@ -40,5 +40,8 @@ def test_the_exchange_functions_clients_all_come_from_the_session_it_is_given(mo
 def test_a_cloud_without_an_exchanger_has_no_exchange():
     import pytest
 
-    with pytest.raises(ValueError, match="no exchanger"):
-        runtime.exchange("azure", Session())
+    from oidc_broker.clouds import Cloud, refresh_at, registered
+
+    with registered(Cloud(name="nowhere", title="Nowhere", settings={"refresh_at": refresh_at()})), \
+            pytest.raises(ValueError, match="no exchanger"):
+        runtime.exchange("nowhere", Session())

@@ -118,6 +118,31 @@ def cmd_trust_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_jwks(args: argparse.Namespace) -> int:
+    """The broker's published key set as a Google workload identity provider's jwksJson takes it."""
+    import urllib.request
+
+    from oidc_broker.clouds.gcp import jwks_for_upload
+
+    issuer = args.issuer
+    if not issuer:
+        try:
+            issuer = load_config(args).issuer
+        except (apply_module.ApplyError, config_module.ConfigError) as e:
+            print(e, file=sys.stderr)
+            return 2
+    try:
+        with urllib.request.urlopen(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=10) as r:
+            jwks_uri = json.load(r)["jwks_uri"]
+        with urllib.request.urlopen(jwks_uri, timeout=10) as r:
+            jwks = json.load(r)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"oidc-broker keys jwks: could not fetch the key set of {issuer}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(jwks_for_upload(jwks), separators=(",", ":")))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
@@ -235,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
     p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_trust_policy)
+
+    p = sub.add_parser("keys", help="the broker's signing keys")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser("jwks", help="print the published JWKS for upload to a cloud that cannot reach the "
+                                         "issuer: public key members only (no x5c/x5t)")
+    p.add_argument("--issuer", metavar="URL", help="the broker's issuer URL (default: the configuration's issuer)")
+    p.add_argument("--config", help="configuration file naming the issuer")
+    p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
+    p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_keys_jwks)
 
     p = sub.add_parser("audit", help="who obtained credentials for a target, newest first")
     p.add_argument("--target", required=True, help="<space>/<target>")

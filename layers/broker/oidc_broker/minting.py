@@ -21,6 +21,7 @@ from .errors import BrokerError, InvalidGrant, InvalidTarget, ServerError
 from .keys import KeyRing
 from .model import Binding, Config, Target, TrustRule
 from .store import AlreadyUsed, Grant
+from .validation import MAX_LIFETIME, MIN_LIFETIME
 
 # How long past the caller token's last usable moment (plus leeway) its grant is kept as a replay guard.
 REPLAY_MARGIN = 300
@@ -135,23 +136,27 @@ class Broker:
             raise
         return Authorization(issuer=issuer, caller=caller, target=target, rule=rule, subject=subj)
 
-    def mint(self, auth: Authorization) -> Issued:
+    def mint(self, auth: Authorization, *, lifetime: int | None = None) -> Issued:
         """Record the grant (replay guard and audit entry), then sign; a failed signature withdraws it."""
         try:
-            signed = self.sign(auth.issuer, auth.binding, auth.actor)
+            signed = self.sign(auth.issuer, auth.binding, auth.actor, lifetime=lifetime)
         except InvalidGrant as e:
             if e.reason == TOO_LARGE:
                 e.caller = auth.caller
             raise
         return Issued(signed.token, signed.claims, auth.target, auth.rule, auth.caller, signed.grant)
 
-    def sign(self, issuer: str, binding: Binding, actor: Actor) -> Signed:
+    def sign(self, issuer: str, binding: Binding, actor: Actor, *, lifetime: int | None = None) -> Signed:
         """A token for `binding` naming `actor`, with no caller to verify: the grant is recorded first
         (AlreadyUsed: refused as replayed), then KMS signs; a failed signature withdraws the grant.
 
         `issuer` is the broker's issuer URL. The binding must come from the applied configuration:
         nothing here checks that a trust rule admits the actor (authorize does, for callers).
+        `lifetime` replaces the target's (an exchanger's choice), within the bounds a target's has.
         """
+        if lifetime is not None and not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
+            raise ServerError(f"a broker token cannot live {lifetime}s: from {MIN_LIFETIME}s to {MAX_LIFETIME}s",
+                              "invalid_token_lifetime")
         key = self._key_ring.signing_key()
         if key is None:
             raise ServerError("the key ring has no active signing key", "no_signing_key")
@@ -159,7 +164,7 @@ class Broker:
         target = binding.target
         body = tokens.claims(issuer=issuer, target=target, subject=binding.subject,
                              caller=tokens.Caller(issuer=actor.issuer, subject=actor.subject), now=issued_at,
-                             jti=str(uuid.uuid4()))
+                             jti=str(uuid.uuid4()), lifetime=lifetime)
         try:
             message = tokens.signing_input(tokens.header(key.kid), body)
         except tokens.TooLarge as e:

@@ -52,7 +52,8 @@ class Caller:
     subject: str
 
 
-def claims(*, issuer: str, target: Target, subject: Subject, caller: Caller, now: int, jti: str | None = None) -> dict[str, Any]:
+def claims(*, issuer: str, target: Target, subject: Subject, caller: Caller, now: int, jti: str | None = None,
+           lifetime: int | None = None) -> dict[str, Any]:
     body: dict[str, Any] = dict(subject.claims())
     body.update(
         iss=issuer,
@@ -60,7 +61,7 @@ def claims(*, issuer: str, target: Target, subject: Subject, caller: Caller, now
         aud=target.audience,
         iat=now,
         nbf=now,
-        exp=now + target.lifetime,
+        exp=now + (target.lifetime if lifetime is None else lifetime),
         jti=jti or str(uuid.uuid4()),
         # RFC 8693 section 4.1: the party that acted, so a relying party can log who asked.
         act={"iss": caller.issuer, "sub": caller.subject},

@@ -131,7 +131,22 @@ def parse(document: object, source: str = "<config>", *, allow_loopback_http: bo
 
     if p.items:
         raise ConfigError(source, p.items)
-    return Config(issuer=issuer, trusted_issuers=trusted, spaces=spaces, warnings=tuple(p.warnings))
+    config = Config(issuer=issuer, trusted_issuers=trusted, spaces=spaces, warnings=tuple(p.warnings))
+    _check_across_targets(p, config)
+    if p.items:
+        raise ConfigError(source, p.items)
+    return config
+
+
+def _check_across_targets(p: _Problems, config: Config) -> None:
+    """Each cloud's rules across targets, reported at the targets' settings blocks (a valid
+    configuration keeps every space and target, in the document's order)."""
+    paths = {target.ref: f"spaces[{i}].targets[{j}]"
+             for i, space in enumerate(config.spaces.values()) for j, target in enumerate(space.targets.values())}
+    for cloud in clouds.CLOUDS.values():
+        if cloud.check_config is not None:
+            for ref, problem in cloud.check_config(config):
+                p.add(f"{paths.get(ref, ref)}.{cloud.name}", problem)
 
 
 def _seconds(p: _Problems, item: dict, key: str, path: str, default: int, low: int, high: int) -> int | None:

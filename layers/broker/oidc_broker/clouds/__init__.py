@@ -52,12 +52,28 @@ class Request:
     issuer: str  # the broker's issuer URL, the token's `iss`
     subject: str  # the token's `sub`
     caller: str  # the caller's own subject (or the actor's), for the cloud's audit trail (session names)
+    # Another broker token for the same binding, freshly signed (its grant recorded first); the first
+    # call returns `token`. For a cloud that must present a new assertion per token request.
+    mint: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    def fresh_token(self) -> str:
+        return self.mint() if self.mint is not None else self.token
 
 
 class Exchanger(Protocol):
     provider: str  # the name of the cloud this exchanger serves (its Cloud.name)
 
     def exchange(self, request: Request) -> Credentials: ...
+
+    # Optional: `token_lifetime(target) -> int | None`, the seconds the broker token of an exchange
+    # for `target` should live (None: the target's `lifetime`). For a cloud whose credentials last
+    # as long as the token it is shown (Google's directly federated tokens, Entra's assertions).
+
+
+def token_lifetime(exchanger: Exchanger, target: Target) -> int | None:
+    """The lifetime `exchanger` asks for the broker token it will present for `target`, or None."""
+    choose = getattr(exchanger, "token_lifetime", None)
+    return choose(target) if choose is not None else None
 
 
 class TrustSetupError(ValueError):
@@ -98,6 +114,9 @@ class Cloud:
     trust_setup: Callable[[str, Target, list[str]], Any] | None = None
     # session -> the cloud's Exchanger, importing its SDK only when called; None: no exchange yet.
     exchanger: Callable[[Any], Exchanger] | None = None
+    # config -> [(target ref, problem)]: a rule across targets (validation reports each at the
+    # target's settings), e.g. a cloud-side limit on how many subjects one identity can trust.
+    check_config: Callable[[Any], list[tuple[str, str]]] | None = None
 
     def __post_init__(self) -> None:
         fraction = self.settings.get("refresh_at")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Protocol
 
-from . import aws
+from . import aws, azure, gcp
 
 
 class Wiring(Protocol):
@@ -32,7 +32,7 @@ class Wiring(Protocol):
     def stop(self) -> None: ...
 
 
-CLOUDS: tuple[ModuleType, ...] = (aws,)
+CLOUDS: tuple[ModuleType, ...] = (aws, azure, gcp)
 
 
 def start_all(broker: Any) -> list[Wiring]:
