@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 FORM = "application/x-www-form-urlencoded"
-TARGETS = ["default/prod-ecr", "default/prod-deploy", "default/prod-acr", "default/nope", "nope/prod-ecr"]
+TARGETS = ["default/prod-ecr", "default/prod-deploy", "default/prod-acr", "default/prod-gar", "default/nope", "nope/prod-ecr"]
+# Every cloud's exchange function: one shared handler, each driven with the same hostile inputs.
+EXCHANGES = [("ExchangeAwsFunction", "/exchange/aws"), ("ExchangeAzureFunction", "/exchange/azure"),
+             ("ExchangeGcpFunction", "/exchange/gcp")]
 # Fields of a 2xx response that are secrets: no log line may carry their values.
 SECRET_FIELDS = ("access_token", "password", "secret_access_key", "session_token", "SecretAccessKey", "SessionToken")
 
@@ -299,7 +302,7 @@ def test_the_token_endpoint_answers_hostile_ci_tokens_with_a_4xx_or_a_token(harn
     check(response, lines, token_secrets(token))
 
 
-# -- POST /exchange/aws --------------------------------------------------------------------------
+# -- POST /exchange/<cloud> ----------------------------------------------------------------------
 
 exchange_bodies = st.one_of(
     st.sampled_from(TARGETS).map(lambda t: json.dumps({"target": t})),
@@ -314,7 +317,8 @@ exchange_bodies = st.one_of(
 
 @SETTINGS
 @given(data=st.data())
-def test_the_aws_exchange_answers_odd_requests_with_a_4xx(harness, data):
+def test_every_exchange_answers_odd_requests_with_a_4xx(harness, data):
+    function, path = data.draw(st.sampled_from(EXCHANGES))
     token = data.draw(subject_tokens(harness))
     scheme = data.draw(st.sampled_from(["Bearer ", "bearer ", "Bearer  ", "Basic ", "", "Bearer \ud800", "Bearer a,Bearer "]))
     usual = {"content-type": data.draw(st.one_of(st.just("application/json"), hostile_text)), "authorization": scheme + token}
@@ -322,20 +326,19 @@ def test_the_aws_exchange_answers_odd_requests_with_a_4xx(harness, data):
                                   hostile_headers.map(lambda odd: {**usual, **odd})))
     text = data.draw(exchange_bodies, label="body")
     b64, broken = data.draw(st.booleans()), data.draw(st.booleans())
-    response, lines = harness.call("ExchangeAwsFunction",
-                                   harness.event("POST", "/exchange/aws", headers, body_as_sent(text, b64, broken), b64))
+    response, lines = harness.call(function, harness.event("POST", path, headers, body_as_sent(text, b64, broken), b64))
     check(response, lines, token_secrets(token))
 
 
 @settings(SETTINGS, max_examples=100)
 @given(data=st.data())
-def test_the_aws_exchange_answers_hostile_ci_tokens_with_a_4xx_or_credentials(harness, data):
+def test_every_exchange_answers_hostile_ci_tokens_with_a_4xx_or_credentials(harness, data):
+    function, path = data.draw(st.sampled_from(EXCHANGES))
     token = data.draw(subject_tokens(harness))
     headers = beside({"content-type": "application/json", "authorization": "Bearer " + token}, data.draw(hostile_headers))
     text = json.dumps({"target": data.draw(st.sampled_from(TARGETS))})
     b64 = data.draw(st.booleans())
-    response, lines = harness.call("ExchangeAwsFunction",
-                                   harness.event("POST", "/exchange/aws", headers, body_as_sent(text, b64, False), b64))
+    response, lines = harness.call(function, harness.event("POST", path, headers, body_as_sent(text, b64, False), b64))
     check(response, lines, token_secrets(token))
 
 
