@@ -175,7 +175,7 @@ def broker_exchange(google, issuer, *, kind="feed", token=None, sleeps=None, **s
     target = validation.parse(doc).spaces["acme"].targets["t"]
     built = gcp.exchanger()
     built.sts_endpoint, built.iamcredentials_endpoint = emulator.token_url, iam_server.url
-    built.backoff = gcp.Backoff(sleep=(sleeps if sleeps is not None else []).append, jitter=lambda: 1.0)
+    built.backoff = gcp.Backoff(base=0.5, sleep=(sleeps if sleeps is not None else []).append, jitter=lambda: 1.0)
     lifetime = built.token_lifetime(target) or 300
     presented = token or issuer.token(aud=AUDIENCE, exp=int(time.time()) + lifetime)
     return built.exchange(Request(target=target, token=presented, issuer=issuer.url, subject=SUBJECT, caller="ci"))

@@ -19,7 +19,7 @@ from oidc_broker import config
 from oidc_broker.clouds import Request
 from oidc_broker.clouds import CLOUDS, TrustSetupError
 from oidc_broker.clouds import aws
-from oidc_broker.clouds.aws import AwsExchanger, Backoff, boto3_clients, session_name, target_trust_policy
+from oidc_broker.clouds.aws import AwsExchanger, Backoff, boto3_clients, retryable, session_name, target_trust_policy
 from oidc_broker.errors import AccessDenied, CloudError, InvalidTarget, Throttled
 from oidc_broker.model import Target
 
@@ -265,7 +265,7 @@ def test_backoff_waits_grow_and_stay_capped():
         raise ClientError({"Error": {"Code": "Throttling"}}, "X")
 
     with pytest.raises(ClientError):
-        backoff.call(throttled)
+        backoff.call(throttled, retryable)
     assert waits == [0.5, 1.0, 2.0, 2.0, 2.0]
 
 

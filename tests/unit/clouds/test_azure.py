@@ -231,7 +231,7 @@ def request(target, minter=None) -> Request:
 
 def exchanger(entra=None, acr=None, sleeps=None, **kwargs) -> AzureExchanger:
     sleeps = [] if sleeps is None else sleeps
-    return AzureExchanger(entra or Entra(), acr or Acr(), backoff=Backoff(sleep=sleeps.append, jitter=lambda: 1.0),
+    return AzureExchanger(entra or Entra(), acr or Acr(), backoff=Backoff(base=0.5, cap=4.0, sleep=sleeps.append, jitter=lambda: 1.0),
                           propagation=Backoff(attempts=4, base=2.0, cap=8.0, sleep=sleeps.append, jitter=lambda: 1.0),
                           clock=lambda: NOW, **kwargs)
 

@@ -187,7 +187,7 @@ class Sleeps(list):
 def exchanger(google: Google, sleeps=None) -> GcpExchanger:
     return GcpExchanger(transport=lambda: google, credentials=identity_pool.Credentials,
                         supplier=identity_pool.SubjectTokenSupplier,
-                        backoff=Backoff(sleep=sleeps if sleeps is not None else Sleeps(), jitter=lambda: 1.0),
+                        backoff=Backoff(base=0.5, sleep=sleeps if sleeps is not None else Sleeps(), jitter=lambda: 1.0),
                         clock=lambda: NOW, sts_endpoint=STS, iamcredentials_endpoint=IAM)
 
 

@@ -19,6 +19,7 @@ Importing this package imports no SDK: an exchanger factory imports its cloud's 
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -153,6 +154,42 @@ def registered(cloud: Cloud) -> Iterator[Cloud]:
         yield cloud
     finally:
         unregister(cloud.name)
+
+
+class Retry(Exception):
+    """Raised by an attempt that may succeed next time; `error` is what is raised once tries run out."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Backoff:
+    """Bounded retries with full jitter, for every cloud; sleep and jitter are parameters so tests
+    need no time. An attempt asks for another try by raising Retry, or a cloud names the errors
+    worth one with `retryable`; anything else is raised at once."""
+
+    attempts: int = 3
+    base: float = 0.2
+    cap: float = 2.0
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = random.random
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2**attempt) * self.jitter()
+
+    def call(self, operation: Callable[[], Any], retryable: Callable[[Exception], bool] = lambda e: False) -> Any:
+        for attempt in range(self.attempts):
+            try:
+                return operation()
+            except Exception as e:
+                if attempt == self.attempts - 1 or not (isinstance(e, Retry) or retryable(e)):
+                    if isinstance(e, Retry):
+                        raise e.error from None
+                    raise
+                self.sleep(self.delay(attempt))
+        raise AssertionError("unreachable")
 
 
 _JWT_LIKE = re.compile(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*")

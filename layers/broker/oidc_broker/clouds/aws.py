@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import random
 import re
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from urllib.parse import urlsplit
 
 from ..checks import one_of, seconds_between
 from ..errors import AccessDenied, CloudError, InvalidTarget, Throttled
-from . import Cloud, Credentials, Request, Setting, TrustSetupError, cloud_message, refresh_at
+from . import Backoff, Cloud, Credentials, Request, Setting, TrustSetupError, cloud_message, refresh_at
 
 PROVIDER = "aws"
 ECR_PUBLIC_REGION = "us-east-1"  # ECR Public's API lives only there
@@ -115,27 +114,6 @@ def _said(error: Exception) -> str:
     return f"({type(error).__name__})"
 
 
-@dataclass
-class Backoff:
-    """Bounded retries with full jitter; sleep and jitter are parameters so tests need no time."""
-
-    attempts: int = 3
-    base: float = 0.2
-    cap: float = 2.0
-    sleep: Callable[[float], None] = time.sleep
-    jitter: Callable[[], float] = random.random
-
-    def call(self, operation: Callable[[], Any]) -> Any:
-        for attempt in range(self.attempts):
-            try:
-                return operation()
-            except Exception as e:
-                if attempt == self.attempts - 1 or not retryable(e):
-                    raise
-                self.sleep(min(self.cap, self.base * 2**attempt) * self.jitter())
-        raise AssertionError("unreachable")
-
-
 ClientFactory = Callable[[str, str, "dict[str, str] | None"], Any]
 
 
@@ -218,7 +196,7 @@ class AwsExchanger:
                 RoleSessionName=session_name(request.target.ref, request.caller),
                 WebIdentityToken=request.token,
                 DurationSeconds=int(request.target.setting("session_duration")),
-            ))
+            ), retryable)
         except Exception as e:
             raise self._sts_error(e, request, role_arn) from None
         return response["Credentials"]
@@ -267,7 +245,7 @@ class AwsExchanger:
     def _ecr(self, request: Request, role_arn: str, region: str, session: dict[str, Any]) -> Credentials:
         ecr = self.clients("ecr", region, session)
         try:
-            data = self.backoff.call(ecr.get_authorization_token)["authorizationData"][0]
+            data = self.backoff.call(ecr.get_authorization_token, retryable)["authorizationData"][0]
         except Exception as e:
             raise _ecr_error(e, role_arn, "ecr:GetAuthorizationToken") from None
         return self._docker(data, data.get("proxyEndpoint"), session, "ECR")
@@ -275,7 +253,7 @@ class AwsExchanger:
     def _ecr_public(self, request: Request, role_arn: str, session: dict[str, Any]) -> Credentials:
         ecr = self.clients("ecr-public", ECR_PUBLIC_REGION, session)
         try:
-            data = self.backoff.call(ecr.get_authorization_token)["authorizationData"]
+            data = self.backoff.call(ecr.get_authorization_token, retryable)["authorizationData"]
         except Exception as e:
             raise _ecr_error(e, role_arn, "ecr-public:GetAuthorizationToken and sts:GetServiceBearerToken",
                              "ECR Public") from None

@@ -29,7 +29,6 @@ import base64
 import hashlib
 import json
 import os
-import random
 import re
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AccessDenied, CloudError, InvalidTarget, Throttled
-from . import Cloud, Credentials, Request, Setting, TrustSetupError, cloud_message, refresh_at
+from . import Backoff, Cloud, Credentials, Request, Retry, Setting, TrustSetupError, cloud_message, refresh_at
 
 PROVIDER = "azure"
 AUDIENCE = "api://AzureADTokenExchange"  # exact case: what Entra's federated credentials expect
@@ -59,34 +58,6 @@ MISMATCH = {
 }
 TIME_WINDOW = 700024
 ALGORITHM = 5002738
-
-
-class _Retry(Exception):
-    """A try that may succeed next time; `error` is what to raise if the tries run out."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
-@dataclass
-class Backoff:
-    """Bounded retries with full jitter; sleep and jitter are parameters so tests need no time."""
-
-    attempts: int = 3
-    base: float = 0.5
-    cap: float = 4.0
-    sleep: Callable[[float], None] = time.sleep
-    jitter: Callable[[], float] = random.random
-
-    def call(self, operation: Callable[[], Any]) -> Any:
-        for attempt in range(self.attempts):
-            try:
-                return operation()
-            except _Retry as e:
-                if attempt == self.attempts - 1:
-                    raise e.error from None
-                self.sleep(min(self.cap, self.base * 2**attempt) * self.jitter())
-        raise AssertionError("unreachable")
 
 
 # (tenant_id, client_id, assertion callback, authority host or None) -> a credential with get_token(scope)
@@ -179,7 +150,7 @@ class AzureExchanger:
     credentials: CredentialFactory
     post: Post
     acr_endpoint: str | None = None  # where /oauth2/exchange is called instead of https://<registry>
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=4.0))
     # A new federated credential takes seconds to minutes to reach every Entra region.
     propagation: Backoff = field(default_factory=lambda: Backoff(attempts=4, base=2.0, cap=8.0))
     clock: Callable[[], float] = time.time
@@ -215,7 +186,7 @@ class AzureExchanger:
                 except Exception as e:
                     error = self._entra_error(e, request, tenant_id, client_id)
                     if isinstance(error, Throttled):
-                        raise _Retry(error) from None
+                        raise Retry(error) from None
                     raise error from None
 
             def propagated() -> Any:
@@ -223,7 +194,7 @@ class AzureExchanger:
                     return self.backoff.call(attempt)
                 except AccessDenied as e:
                     if e.reason == "azure_no_federated_credential":
-                        raise _Retry(e) from None
+                        raise Retry(e) from None
                     raise
 
             access = self.propagation.call(propagated)
@@ -277,10 +248,10 @@ class AzureExchanger:
             try:
                 status, body = self.post(url, form)
             except OSError as e:
-                raise _Retry(Throttled(f"{who} did not answer ({e}); try again shortly", "acr_unavailable",
+                raise Retry(Throttled(f"{who} did not answer ({e}); try again shortly", "acr_unavailable",
                                        RETRY_AFTER)) from None
             if status in (429, 502, 503, 504):
-                raise _Retry(Throttled(f"{who} is unavailable (HTTP {status}); try again shortly", "acr_unavailable",
+                raise Retry(Throttled(f"{who} is unavailable (HTTP {status}); try again shortly", "acr_unavailable",
                                        RETRY_AFTER))
             return status, body
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +36,7 @@ from typing import Any
 
 from ..checks import seconds_between
 from ..errors import AccessDenied, CloudError, InvalidTarget, Throttled
-from . import Cloud, Credentials, Request, Setting, TrustSetupError, cloud_message, refresh_at
+from . import Backoff, Cloud, Credentials, Request, Retry, Setting, TrustSetupError, cloud_message, refresh_at
 
 PROVIDER = "gcp"
 DOCKER_USERNAME = "oauth2accesstoken"
@@ -169,20 +168,6 @@ def _failure(transport: RecordingTransport, error: Exception, sts_url: str) -> F
     return Failure(service, answer.status, code, cloud_message(message))
 
 
-@dataclass
-class Backoff:
-    """Bounded retries with full jitter; sleep and jitter are parameters so tests need no time."""
-
-    attempts: int = 3
-    base: float = 0.5
-    cap: float = 2.0
-    sleep: Callable[[float], None] = time.sleep
-    jitter: Callable[[], float] = random.random
-
-    def delay(self, attempt: int) -> float:
-        return min(self.cap, self.base * 2**attempt) * self.jitter()
-
-
 # -- the exchanger -------------------------------------------------------------------------------
 
 @dataclass
@@ -190,7 +175,7 @@ class GcpExchanger:
     transport: Callable[[], Callable[..., Any]]  # a fresh google-auth transport callable
     credentials: Callable[..., Any]  # identity_pool.Credentials
     supplier: type  # identity_pool.SubjectTokenSupplier
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5))
     clock: Callable[[], float] = time.time
     sts_endpoint: str = STS_ENDPOINT
     iamcredentials_endpoint: str = IAMCREDENTIALS_ENDPOINT
@@ -231,7 +216,7 @@ class GcpExchanger:
                 # The broker token minted for this exchange, moments ago (google-auth caches nothing).
                 return token
 
-        for attempt in range(self.backoff.attempts):
+        def attempt() -> Credentials:
             transport = RecordingTransport(self.transport())
             credentials = self.credentials(
                 audience="//iam.googleapis.com/" + provider,
@@ -246,12 +231,11 @@ class GcpExchanger:
                 credentials.refresh(transport)
             except Exception as e:
                 failure = _failure(transport, e, sts_url)
-                if attempt < self.backoff.attempts - 1 and failure.retryable:
-                    self.backoff.sleep(self.backoff.delay(attempt))
-                    continue
-                raise self._error(failure, request, provider, account, lifetime) from None
+                error = self._error(failure, request, provider, account, lifetime)
+                raise (Retry(error) if failure.retryable else error) from None
             return self._credentials(request, transport, credentials, scopes, sts_url)
-        raise AssertionError("unreachable")
+
+        return self.backoff.call(attempt)
 
     def _credentials(self, request: Request, transport: RecordingTransport, credentials: Any, scopes: list[str],
                      sts_url: str) -> Credentials:
