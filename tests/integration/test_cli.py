@@ -174,6 +174,16 @@ def test_apply_reports_a_missing_table_in_one_line(aws, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["explain", "--target", "a/b", "x.y.z"], ["trust-policy", "aws", "--target", "a/b"],
+                                     ["keys", "jwks"]])
+def test_commands_reading_the_table_report_no_region_in_one_line(command):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = cli(env, *command, "--table", "some-table")
+    assert result.returncode == 2
+    assert "cannot read the configuration from table some-table" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_apply_refuses_loopback_http_issuers_outside_local_mode(aws, tmp_path):
     env, _ = aws
     path = tmp_path / "broker.yaml"

@@ -39,7 +39,14 @@ def load_config(args: argparse.Namespace) -> config_module.Config:
     table = args.table or os.environ.get("TABLE_NAME")
     if not table:
         raise apply_module.ApplyError("name a configuration with --config FILE, or the table with --table / TABLE_NAME")
-    item = Store(boto3.client("dynamodb"), table).get_config()
+    import botocore.exceptions
+
+    try:
+        item = Store(boto3.client("dynamodb"), table).get_config()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        # No region, no credentials, no such table: one line, never a traceback.
+        raise apply_module.ApplyError(f"cannot read the configuration from table {table}: {e}; "
+                                      "check the table name, the region and your AWS credentials") from None
     if item is None:
         raise apply_module.ApplyError(f"no configuration has been applied to {table}")
     return config_module.parse(item["document"], item["source"], allow_loopback_http=args.allow_loopback_http)
