@@ -17,7 +17,6 @@ and never logs a request. Never part of the Lambda layer.
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -28,6 +27,7 @@ from urllib.parse import parse_qsl
 
 import jwt
 
+from .serving import QuietHandler
 from .entra import IssuedTokens, TestCA
 
 REGISTRY_SCOPE = "https://containerregistry.azure.net/.default"
@@ -108,27 +108,16 @@ def _errors(code: str, message: str) -> dict[str, Any]:
 
 
 def _handler(emulator: AcrEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tokens travel in bodies
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, MAX_BODY_BYTES + 1))
-            if self.path.split("?", 1)[0] != "/oauth2/exchange" or length > MAX_BODY_BYTES:
+            body = self.read_body(MAX_BODY_BYTES)
+            if self.path.split("?", 1)[0] != "/oauth2/exchange" or self.content_length() > MAX_BODY_BYTES:
                 status, answer = 404, _errors("NOT_FOUND", "not found")
             else:
                 try:
                     status, answer = emulator.exchange(dict(parse_qsl(body.decode(), keep_blank_values=True)))
                 except UnicodeDecodeError:
                     status, answer = 400, _errors("BAD_REQUEST", "the body is not a form")
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_json(status, answer)
 
     return Handler

@@ -41,6 +41,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from .serving import QuietHandler
+
 REGION = "us-east-1"
 SERVICE = "ecr-public"  # the SigV4 signing name
 TARGET_PREFIX = "SpencerFrontendService"
@@ -236,12 +238,7 @@ class EcrPublicEmulator:
 
 
 def _handler(emulator: EcrPublicEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: requests carry signatures and tokens
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             self._answer()
 
@@ -249,23 +246,12 @@ def _handler(emulator: EcrPublicEmulator) -> type[BaseHTTPRequestHandler]:
             self._answer()
 
         def _answer(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY_BYTES:
+            if not 0 <= self.content_length() <= MAX_BODY_BYTES:
                 return self._send(400, {"__type": "SerializationException", "message": "Bad Content-Length"})
-            body = self.rfile.read(length) if length else b""
-            status, document = emulator.answer(self.command, self.path, self.headers.items(), body)
+            status, document = emulator.answer(self.command, self.path, self.headers.items(), self.read_body())
             self._send(status, document)
 
         def _send(self, status: int, document: dict) -> None:
-            data = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_json(status, document, CONTENT_TYPE, x_amzn_RequestId=str(uuid.uuid4()))
 
     return Handler

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import secrets
 import ssl
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .serving import QuietHandler
 from . import oidc
 from .oidc import OidcError
 
@@ -317,17 +317,11 @@ class EntraEmulator:
 
 
 def _handler(emulator: EntraEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: assertions travel in bodies
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             parts = self.path.split("?", 1)[0].strip("/").split("/")
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, MAX_BODY_BYTES + 1))
-            if len(parts) != 4 or parts[1:] != ["oauth2", "v2.0", "token"] or length > MAX_BODY_BYTES:
+            body = self.read_body(MAX_BODY_BYTES)
+            if len(parts) != 4 or parts[1:] != ["oauth2", "v2.0", "token"] or self.content_length() > MAX_BODY_BYTES:
                 return self._send(404, {"error": "invalid_request", "error_description": "not found"})
             try:
                 form = dict(parse_qsl(body.decode(), keep_blank_values=True))
@@ -336,12 +330,8 @@ def _handler(emulator: EntraEmulator) -> type[BaseHTTPRequestHandler]:
             self._send(*emulator.token(parts[0], form))
 
         def _send(self, status: int, body: dict[str, Any] | None) -> None:
-            data = json.dumps(body).encode() if body is not None else b"<html>Service Unavailable</html>"
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8" if body is not None else "text/html")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
+            if body is None:  # what Entra's front door answers when the service behind it is down
+                return self.reply(status, b"<html>Service Unavailable</html>", "text/html", Cache_Control="no-store")
+            self.reply_json(status, body, Cache_Control="no-store")
 
     return Handler

@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl
 
 import jwt
 
+from .serving import QuietHandler
 from . import oidc
 from .oidc import OidcError
 
@@ -310,32 +311,15 @@ class GoogleStsEmulator:
 
 
 def _handler(emulator: GoogleStsEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tokens travel in bodies, never log them
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             if self.path.split("?")[0] != "/v1/token":
-                return self._send(404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}})
+                return self.reply_json(404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}})
             form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             status, answer, delay = emulator.answer(form)
             if delay:
                 time.sleep(delay)
-            self._send(status, answer)
-
-        def _send(self, status: int, answer: Any) -> None:
-            data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:  # the client gave up (a timeout test)
-                pass
+            self.reply_json(status, answer)
 
     return Handler

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .serving import QuietHandler
 from .google_sts import Fault, Federated
 
 PATH = re.compile(r"/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken")
@@ -147,32 +148,15 @@ class IamCredentialsEmulator:
 
 
 def _handler(emulator: IamCredentialsEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tokens travel in headers, never log them
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            raw = self.read_body()
             m = PATH.fullmatch(self.path.split("?")[0])
             if not m:
-                return self._send(404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}})
+                return self.reply_json(404, {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}})
             status, answer, delay = emulator.answer(m.group(1), self.headers.get("Authorization", ""), raw)
             if delay:
                 time.sleep(delay)
-            self._send(status, answer)
-
-        def _send(self, status: int, answer: Any) -> None:
-            data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:
-                pass
+            self.reply_json(status, answer, "application/json; charset=UTF-8")
 
     return Handler

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import escape
 
+from .serving import QuietHandler
 from . import oidc
 from .oidc import OidcError
 
@@ -411,15 +412,9 @@ class StsEmulator:
 
 
 def _handler(emulator: StsEmulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tokens travel in bodies, never log them
-            pass
-
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             if params.get("Action") == ACTION:
                 status, xml = emulator.assume_role_with_web_identity(params)
@@ -440,11 +435,6 @@ def _handler(emulator: StsEmulator) -> type[BaseHTTPRequestHandler]:
             self._send(status, data)
 
         def _send(self, status: int, data: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(status, data, "text/xml", x_amzn_RequestId=str(uuid.uuid4()))
 
     return Handler
