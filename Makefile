@@ -13,12 +13,13 @@ tools: $(TOOLS)/.installed
 checkov: $(CHECKOV)/.installed
 interop: tests/interop/node_modules/.installed
 
-# Exactly the pinned versions, each file checked against its hash; then the project, adding nothing.
+# Exactly the pinned versions, each file checked against its hash; then the project, adding nothing
+# and built with the lock's setuptools (no build isolation: nothing more is fetched).
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet --require-hashes -r requirements.lock
-	$(VENV)/bin/pip install --quiet --no-deps -e .
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # Re-pin after editing pyproject's dependencies: requirements.lock, then the layer's requirements.txt

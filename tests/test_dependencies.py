@@ -76,10 +76,18 @@ def test_every_pyproject_requirement_is_pinned_in_the_lock_at_a_version_it_allow
     assert not problems, "run `make lock`:\n" + "\n".join(problems)
 
 
-def test_the_runtime_dependencies_include_the_layer_extra(pyproject):
-    # The layer's requirements are written once, in the extra; the CLI and local mode need them too.
-    name = pyproject["project"]["name"]
-    assert f"{name}[layer]" in pyproject["project"]["dependencies"]
+def test_the_package_alone_is_the_client_and_requires_nothing(pyproject):
+    # `pip install oidc-broker` is the pipeline client, on the standard library (tests/client checks its imports).
+    assert pyproject["project"]["dependencies"] == []
+
+
+def test_the_operator_extra_includes_the_layer_extra_and_dev_includes_the_operator_extra(pyproject):
+    # The layer's requirements are written once, in the extra; the operator CLI and local mode need them
+    # too, and the tests need everything.
+    name, extras = pyproject["project"]["name"], pyproject["project"]["optional-dependencies"]
+    assert f"{name}[layer]" in extras["operator"]
+    assert {"boto3", "pyyaml", "moto"} <= {canonicalize_name(Requirement(r).name) for r in extras["operator"]}
+    assert f"{name}[operator]" in extras["dev"]
 
 
 def test_every_pin_in_the_lock_has_sha256_hashes(pins):
@@ -104,8 +112,9 @@ def test_make_venv_installs_exactly_the_lock():
     recipe = makefile.split("$(VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
     assert "requirements.lock" in recipe.splitlines()[0], "the venv must be rebuilt when the lock changes"
     assert "pip install --quiet --require-hashes -r requirements.lock" in recipe
-    # The project itself adds no requirement of its own beyond what the lock pinned.
-    assert "pip install --quiet --no-deps -e ." in recipe
+    # The project itself adds no requirement of its own beyond what the lock pinned, and is built with
+    # the lock's setuptools.
+    assert "pip install --quiet --no-deps --no-build-isolation -e ." in recipe
 
 
 # --- the layer's requirements, cut from the lock --------------------------------------------

@@ -2,9 +2,10 @@
 
 `make lock` runs this with uv from .venv-tools. It writes two generated files and nothing else:
 
-- requirements.lock: pyproject.toml's dependencies and its `dev` extra, resolved once for every
-  Python the project supports (3.11 here, 3.12/3.13 on Lambda), with a hash for every
-  distribution file; `make venv` installs exactly this with `pip install --require-hashes`.
+- requirements.lock: pyproject.toml's dependencies and its `dev` extra (which holds the `operator`
+  extra, and through it the `layer` extra), resolved once for every Python the project supports
+  (3.11 here, 3.12/3.13 on Lambda), with a hash for every distribution file; `make venv`
+  installs exactly this with `pip install --require-hashes`.
 - layers/broker/requirements.txt: what SAM builds the Lambda layer from. It is cut from the lock
   (the `layer` extra and everything it pulls in, with the lock's pins and hashes), never resolved
   on its own, so the layer ships the versions the tests ran against.
