@@ -1,6 +1,9 @@
-"""Fixtures every emulator test may use: two RSA keys (slow to make, so once) and a loopback issuer."""
+"""Fixtures every emulator test may use: two RSA keys (slow to make, so once), a loopback issuer and
+a clock a test moves on."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -26,3 +29,18 @@ def _discovery_names_the_issuer(issuer):
     """A test that makes discovery name another issuer does not leak it into the next test."""
     yield
     issuer.claimed_issuer = None
+
+
+class Clock:
+    """Now, until a test moves `now` on."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock(time.time())

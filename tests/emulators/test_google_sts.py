@@ -61,6 +61,7 @@ def test_a_token_the_provider_admits_gets_a_federated_token_for_its_remaining_li
     assert 295 <= body["expires_in"] <= 300  # the token's exp - now, not an hour
     federated = sts.principal_of(body["access_token"])
     assert federated.subject == SUBJECT and federated.principal.endswith(f"/pipelines/subject/{SUBJECT}")
+    assert sts.federated(body["access_token"]) == federated and sts.federated("ya29.never-issued") is None
 
 
 def test_the_federated_lifetime_is_capped_at_an_hour(emulator, issuer):

@@ -70,6 +70,14 @@ def test_a_bound_principal_gets_the_accounts_token_with_the_lifetime_asked(emula
     assert 3590 <= expire - time.time() <= 3610
 
 
+def test_the_tokens_it_issued_are_remembered_with_their_account_and_expiry(emulator, iam):
+    body = generate(emulator).json()
+    record = iam.impersonated(body["accessToken"])
+    assert record.email == SA and record.scopes == ("https://www.googleapis.com/auth/cloud-platform",)
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.expires_at)) == body["expireTime"]
+    assert iam.impersonated("ya29.never-issued") is None
+
+
 def test_an_unbound_subject_is_denied_as_google_denies_it(emulator, issued):
     issued.add("fed-other", subject="space:acme:feed:other")
     assert error(generate(emulator, "fed-other")) == (

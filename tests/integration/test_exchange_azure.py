@@ -2,7 +2,9 @@
 with a CA local mode made; the broker trusts it through REQUESTS_CA_BUNDLE, set as configuration).
 
 The demo configuration serves the ACR feed (default/prod-acr); a second local mode adds an account
-target, for an Entra access token of the management scope.
+target, for an Entra access token of the management scope; a third, in this process (inprocess.py),
+has identities whose federated credentials an operator got wrong, so Entra's refusals are seen
+over HTTP as a pipeline sees them.
 """
 
 from __future__ import annotations
@@ -123,3 +125,69 @@ def test_an_account_target_gets_an_entra_access_token_for_the_management_scope(w
 def test_an_account_token_is_cached_per_subject(with_account):
     first = exchanged(with_account, "default/prod-azure", environment="production")
     assert exchanged(with_account, "default/prod-azure", environment="production") == first
+
+
+# -- Entra refusing over HTTP: an identity whose federated credential an operator got wrong ---------
+
+REFUSED = """
+      - name: case-acr          # its federated credential names the subject in upper case
+        kind: feed
+        provider: azure
+        azure: {tenant_id: 11111111-2222-3333-4444-555555555555, client_id: 99999999-1111-8888-9999-000000000000, registry: case.azurecr.io}
+      - name: slash-acr         # its federated credential names the issuer with a trailing slash
+        kind: feed
+        provider: azure
+        azure: {tenant_id: 11111111-2222-3333-4444-555555555555, client_id: 99999999-2222-8888-9999-000000000000, registry: slash.azurecr.io}
+"""
+TENANT = "11111111-2222-3333-4444-555555555555"
+TRACE = re.compile(r"Trace ID [0-9a-f-]{36}, Correlation ID [0-9a-f-]{36}")
+
+
+@pytest.fixture(scope="module")
+def miswired(tmp_path_factory):
+    from dataclasses import replace
+
+    from inprocess import demo_config, local_broker
+    from oidc_broker_cli.local.clouds.azure import AzureWiring
+
+    with local_broker(tmp_path_factory.mktemp("entra-refusals"), demo_config(REFUSED, ["case-acr", "slash-acr"])) as mode:
+        apps = mode.wiring(AzureWiring).directory.apps
+        for client, change in (("99999999-1111-8888-9999-000000000000", lambda c: replace(c, subject=c.subject.upper())),
+                               ("99999999-2222-8888-9999-000000000000", lambda c: replace(c, issuer=c.issuer + "/"))):
+            apps[(TENANT, client)] = [change(c) for c in apps[(TENANT, client)]]
+        yield mode
+
+
+def entra_refusal(mode, target: str) -> str:
+    response = mode.exchange("azure", target)
+    assert response.status_code == 403, response.text
+    body = response.json()
+    assert body["error"] == "access_denied", body
+    description = body["error_description"]
+    # What the broker sent, so the operator can compare it with the federated credential.
+    assert f"issuer '{mode.broker.issuer}'" in description
+    assert f"subject 'space:default:feed:{target.split('/')[1]}'" in description
+    assert "audience 'api://AzureADTokenExchange'" in description
+    assert TRACE.search(description), description  # what Microsoft support asks for
+    assert f"oidc-broker trust-policy azure --target {target}" in description
+    return description
+
+
+def test_a_credential_whose_subject_differs_only_in_letter_case_is_explained_as_such(miswired):
+    description = entra_refusal(miswired, "default/case-acr")
+    assert "AADSTS7002138" in description and "case-sensitively" in description
+
+
+def test_a_credential_naming_another_issuer_is_aadsts700211(miswired):
+    description = entra_refusal(miswired, "default/slash-acr")
+    assert "AADSTS700211" in description and "no federated credential names the issuer" in description
+
+
+def test_a_refused_exchange_consumes_no_ci_token(miswired):
+    token = miswired.ci_token()
+    response = miswired.http.post("/exchange/azure", json={"target": "default/case-acr"},
+                                  headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403
+    retried = miswired.http.post("/exchange/azure", json={"target": "default/case-acr"},
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert retried.status_code == 403 and "already used" not in retried.text

@@ -2,7 +2,8 @@
 emulators, which fetch the broker's discovery and JWKS over HTTP.
 
 The demo configuration serves the feed flow; a second local mode adds an account target that
-impersonates a service account, and a target whose Google STS never answers. Each
+impersonates a service account, and a target whose Google STS never answers; a third, in this
+process (inprocess.py), a provider whose attribute condition refuses the subject. Each
 refusal class against the emulators is proven in tests/emulators/test_google_sts.py, each against
 Google's documented answers in tests/unit/clouds/test_gcp.py.
 """
@@ -159,3 +160,38 @@ spaces:
     assert setup["bindings"][0]["members"] == [
         "principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/pipelines"
         "/subject/space:default:account:gcp-deploy"]
+
+
+# -- Google STS refusing over HTTP: a provider whose attribute condition does not admit the subject ---
+
+REFUSING_WIP = "projects/123456789012/locations/global/workloadIdentityPools/pipelines/providers/refusing"
+REFUSED = f"""
+      - name: gar-refused       # its provider's attribute condition admits another subject
+        kind: feed
+        provider: gcp
+        gcp: {{workload_identity_provider: {REFUSING_WIP}, registry: europe-docker.pkg.dev}}
+"""
+
+
+@pytest.fixture(scope="module")
+def miswired(tmp_path_factory):
+    from inprocess import demo_config, local_broker
+    from oidc_broker_cli.local.clouds.gcp import GcpWiring
+
+    with local_broker(tmp_path_factory.mktemp("gcp-refusals"), demo_config(REFUSED, ["gar-refused"])) as mode:
+        provider = mode.wiring(GcpWiring).google.providers[REFUSING_WIP]
+        provider.attribute_condition = 'assertion.sub == "space:default:feed:someone-else"'
+        yield mode
+
+
+def test_an_attribute_condition_that_does_not_admit_the_subject_is_unauthorized_client_explained(miswired):
+    response = miswired.exchange("gcp", "default/gar-refused")
+    description = refused(response, 403, "access_denied", "unauthorized_client")
+    assert "rejected by the attribute condition" in description
+    assert f"issuer {miswired.broker.issuer}" in description
+    assert "subject 'space:default:feed:gar-refused'" in description
+    assert f"audience 'https://iam.googleapis.com/{REFUSING_WIP}'" in description
+    assert "attributeCondition must admit subject 'space:default:feed:gar-refused'" in description
+    assert "oidc-broker trust-policy gcp --target default/gar-refused" in description
+    # Another target of the same pool, whose provider admits it, is unaffected.
+    assert miswired.exchange("gcp", "default/prod-gar").status_code == 200

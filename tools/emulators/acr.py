@@ -11,8 +11,16 @@ HTTPS with the Entra emulator's CA, checks what ACR checks, answering ACR's erro
   role           the app holds a role on the registry (`grant`)              -> 401 UNAUTHORIZED
 
 On success: `{"refresh_token": <JWT>}` whose `exp` is min(3 h, the Entra token's expiry), as
-ACR observed. Tests queue faults with `fail_next(status)`. It imports nothing from the broker
-and never logs a request. Never part of the Lambda layer.
+ACR observed. Tests queue faults with `fail_next(status)`.
+
+`docker login <registry>` is the other half (`AcrLogin`, served per registry host by
+registry.py): `GET /v2/` challenges `Bearer realm="https://<registry>/oauth2/token",
+service="<registry>"`, as ACR does; its token service takes Basic
+`00000000-0000-0000-0000-000000000000:<refresh token>` (or the OAuth2 refresh_token form) only
+for a refresh token this emulator issued for that registry, unexpired by `clock`, and answers
+`{"access_token"}`; a pull needs the app's role on the registry (AcrPull). Refusals are ACR's 401
+`UNAUTHORIZED` "authentication required, visit https://aka.ms/acr/authorization ...". It imports
+nothing from the broker and never logs a request. Never part of the Lambda layer.
 """
 
 from __future__ import annotations
@@ -27,12 +35,15 @@ from urllib.parse import parse_qsl
 
 import jwt
 
-from .serving import QuietHandler
 from .entra import IssuedTokens, TestCA
+from .registry import Authority, RegistryError, Scope
+from .serving import QuietHandler
 
 REGISTRY_SCOPE = "https://containerregistry.azure.net/.default"
 REFRESH_TOKEN_LIFETIME = 3 * 3600
 MAX_BODY_BYTES = 64 * 1024
+DOCKER_USERNAME = "00000000-0000-0000-0000-000000000000"  # the username of a refresh-token login
+UNAUTHORIZED = "authentication required, visit https://aka.ms/acr/authorization for more information."
 
 
 class AcrEmulator:
@@ -71,9 +82,17 @@ class AcrEmulator:
         self._server.shutdown()
         self._server.server_close()
 
-    def verify_refresh_token(self, token: str) -> dict[str, Any]:
-        """The claims of a refresh token this registry issued (what docker login would present)."""
-        return jwt.decode(token, self._secret, algorithms=["HS256"], audience=sorted(self.registries))
+    def verify_refresh_token(self, token: str, registry: str | None = None) -> dict[str, Any]:
+        """The claims of a refresh token this emulator issued (for `registry`, when named), unexpired
+        by `clock`; jwt.PyJWTError otherwise (a forged, tampered, expired or other registry's token)."""
+        claims = jwt.decode(token, self._secret, algorithms=["HS256"],
+                            audience=registry if registry is not None else sorted(self.registries),
+                            options={"verify_exp": False, "verify_iat": False, "require": ["exp", "sub"]})
+        if claims.get("grant_type") != "refresh_token":
+            raise jwt.InvalidTokenError("not a refresh token")
+        if claims["exp"] <= self.clock():
+            raise jwt.ExpiredSignatureError("the refresh token has expired")
+        return claims
 
     def exchange(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -101,6 +120,35 @@ class AcrEmulator:
                               "tenant": issued.tenant, "iat": int(now), "exp": exp, "grant_type": "refresh_token",
                               "jti": secrets.token_hex(8)}, self._secret, algorithm="HS256")
         return 200, {"refresh_token": refresh}
+
+
+class AcrLogin(Authority):
+    """docker login to an ACR registry with the refresh token `/oauth2/exchange` issued (registry.py serves it)."""
+
+    realm_path = "/oauth2/token"
+
+    def __init__(self, acr: AcrEmulator):
+        self.acr = acr
+
+    def authenticate(self, host: str, username: str | None, password: str) -> str:
+        if username not in (None, DOCKER_USERNAME):
+            raise RegistryError(401, "UNAUTHORIZED", UNAUTHORIZED)
+        try:
+            claims = self.acr.verify_refresh_token(password, host)
+        except jwt.PyJWTError:
+            raise RegistryError(401, "UNAUTHORIZED", UNAUTHORIZED) from None
+        return claims["sub"]
+
+    def permitted(self, host: str, principal: str, scope: Scope) -> frozenset[str]:
+        return frozenset({"pull"}) if (host, principal.lower()) in self.acr.grants else frozenset()
+
+    def unauthenticated(self, host: str, scope: Scope | None) -> RegistryError:
+        return RegistryError(401, "UNAUTHORIZED", UNAUTHORIZED)
+
+    denied = unauthenticated
+
+    def token_body(self, token: str, expires_in: int, issued_at: str) -> dict[str, Any]:
+        return {"access_token": token}  # what ACR's token service answers
 
 
 def _errors(code: str, message: str) -> dict[str, Any]:

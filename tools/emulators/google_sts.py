@@ -23,7 +23,8 @@ bodies (`{"error", "error_description"}`, HTTP 400):
               `.matches("re")`, joined with `||` or `&&`                     -> unauthorized_client
 
 On success a federated access token living `min(exp - now, 3600)` of the token presented. Issued
-tokens are remembered (`principal_of`), so the IAM Credentials emulator can tell who presents one.
+tokens are remembered (`federated`, `principal_of`), so the IAM Credentials and Artifact Registry
+emulators can tell who presents one.
 Tests may queue faults (`fail_next`: any status and body, or a delay). It imports nothing from the
 broker. Never part of the Lambda layer.
 """
@@ -148,10 +149,14 @@ class GoogleSts:
         self.providers[provider.name] = provider
         return provider
 
+    def federated(self, access_token: str) -> Federated | None:
+        """Who a federated token this STS issued stands for, expired or not (its `expires_at` says)."""
+        with self._lock:
+            return self.issued.get(access_token)
+
     def principal_of(self, access_token: str) -> Federated | None:
         """Who a federated token stands for, while it is valid."""
-        with self._lock:
-            federated = self.issued.get(access_token)
+        federated = self.federated(access_token)
         return federated if federated and federated.expires_at > self.clock() else None
 
     def exchange(self, form: dict[str, str]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ with Google's API error bodies (`{"error": {"code", "message", "status"}}`):
               policy constraints/iam.allowServiceAccountCredentialLifetimeExtension lists
                                                                               -> 400 INVALID_ARGUMENT
 
-On success `{"accessToken", "expireTime"}`. Tests may queue faults (`fail_next`). It imports nothing
-from the broker. Never part of the Lambda layer.
+On success `{"accessToken", "expireTime"}`; the tokens it issued are remembered (`impersonated`), so
+the Artifact Registry emulator can tell whose token docker presents. Tests may queue faults
+(`fail_next`). It imports nothing from the broker. Never part of the Lambda layer.
 """
 
 from __future__ import annotations
@@ -68,11 +69,27 @@ def _member_matches(member: str, federated: Federated) -> bool:
     return bool(m) and federated.attributes.get(f"attribute.{m.group(1)}") == m.group(2)
 
 
+@dataclass(frozen=True)
+class Impersonated:
+    """Whose token generateAccessToken issued: the service account, its scopes, its expiry."""
+
+    email: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
 class IamCredentials:
     def __init__(self, principal_of: Callable[[str], Federated | None], clock: Callable[[], float] = time.time):
         self.principal_of = principal_of  # the Google STS emulator's: who a federated token stands for
         self.clock = clock
         self.accounts: dict[str, ServiceAccount] = {}
+        self.issued: dict[str, Impersonated] = {}
+        self._lock = threading.Lock()
+
+    def impersonated(self, access_token: str) -> Impersonated | None:
+        """Whose token this emulator issued, expired or not (its `expires_at` says)."""
+        with self._lock:
+            return self.issued.get(access_token)
 
     def add_account(self, email: str, extended_lifetime: bool = False) -> ServiceAccount:
         return self.accounts.setdefault(email, ServiceAccount(email, extended_lifetime=extended_lifetime))
@@ -101,8 +118,10 @@ class IamCredentials:
             raise IamError(400, "INVALID_ARGUMENT", f"The lifetime requested {body.get('lifetime')} exceeds the maximum "
                            f"lifetime allowed ({allowed}s) for this service account.")
         expire = int(self.clock()) + lifetime
-        return {"accessToken": "ya29.emulated-sa-" + secrets.token_urlsafe(48),
-                "expireTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expire))}
+        token = "ya29.emulated-sa-" + secrets.token_urlsafe(48)
+        with self._lock:
+            self.issued[token] = Impersonated(email, tuple(body["scope"]), expire)
+        return {"accessToken": token, "expireTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expire))}
 
 
 class IamCredentialsEmulator:

@@ -7,11 +7,25 @@ in its own module. Imports nothing from oidc_broker.
 
 from __future__ import annotations
 
+import errno
 import json
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 JSON = "application/json; charset=utf-8"
+
+
+def bind(handler: type[BaseHTTPRequestHandler], host: str, port: int, fallback: bool = False) -> ThreadingHTTPServer:
+    """A threading server on host:port; with `fallback`, on a free port when that one is taken
+    (a port a person types, e.g. in `docker login`, is worth trying first, never worth failing over)."""
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        if not (fallback and port and e.errno == errno.EADDRINUSE):
+            raise
+        server = ThreadingHTTPServer((host, 0), handler)
+    server.daemon_threads = True
+    return server
 
 
 class QuietHandler(BaseHTTPRequestHandler):

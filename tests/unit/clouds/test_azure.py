@@ -43,7 +43,7 @@ def azure(**settings):
 # -- the description ---------------------------------------------------------------------------
 
 def test_azure_targets_default_to_the_token_exchange_audience():
-    assert only_target(name="x", kind="feed", provider="azure").audience == "api://AzureADTokenExchange"
+    assert only_target(name="x", kind="account", provider="azure").audience == "api://AzureADTokenExchange"
 
 
 def test_valid_provider_settings_are_kept():
@@ -52,8 +52,8 @@ def test_valid_provider_settings_are_kept():
 
 
 def test_an_azure_target_is_cached_until_half_its_lifetime_unless_it_says_otherwise():
-    assert only_target(name="x", kind="feed", provider="azure").setting("refresh_at") == 0.5
-    assert only_target(name="x", kind="feed", provider="azure", azure={"refresh_at": 0.75}).setting("refresh_at") == 0.75
+    assert only_target(name="x", kind="account", provider="azure").setting("refresh_at") == 0.5
+    assert only_target(name="x", kind="account", provider="azure", azure={"refresh_at": 0.75}).setting("refresh_at") == 0.75
 
 
 def test_an_account_target_gets_the_management_scope_unless_it_names_one():
@@ -83,7 +83,7 @@ def test_the_federated_credential_names_issuer_subject_and_audience_exactly():
 
 
 def test_no_federated_credential_can_stand_for_a_subject_a_caller_chooses():
-    target = only_target(name="x", kind="feed", provider="azure", azure=azure())
+    target = only_target(name="x", kind="feed", provider="azure", azure=azure(registry="acme.azurecr.io"))
     with pytest.raises(TrustSetupError, match="exactly"):
         federated_credentials(BROKER, target, ["space:acme:environment:*:feed:x"])
 
@@ -92,8 +92,8 @@ def test_no_federated_credential_can_stand_for_a_subject_a_caller_chooses():
 
 def identity_doc(count: int, client: str = CLIENT, claim: bool = False) -> dict:
     """`count` feed targets of one app, each admitted by one exact rule: `count` distinct subjects."""
-    targets = [{"name": f"t{i}", "kind": "feed", "provider": "azure", "azure": {"tenant_id": TENANT, "client_id": client}}
-               for i in range(count)]
+    targets = [{"name": f"t{i}", "kind": "feed", "provider": "azure",
+                "azure": {"tenant_id": TENANT, "client_id": client, "registry": "acme.azurecr.io"}} for i in range(count)]
     rule = {"name": "pull", "issuer": "ci", "claims": {"repository": "acme/app"}, "targets": [t["name"] for t in targets]}
     if claim:
         targets[0]["subject"] = ["space", "environment", "feed"]
@@ -117,7 +117,7 @@ def test_subjects_count_per_app_not_per_configuration():
     doc = identity_doc(20)
     other = "99999999-7777-8888-9999-000000000000"
     space_doc(doc)["targets"].append({"name": "other", "kind": "feed", "provider": "azure",
-                                      "azure": {"tenant_id": TENANT, "client_id": other}})
+                                      "azure": {"tenant_id": TENANT, "client_id": other, "registry": "b.azurecr.io"}})
     space_doc(doc)["trust"][0]["targets"].append("other")
     validation.parse(doc)
 
@@ -126,6 +126,12 @@ def test_a_subject_taken_from_a_caller_claim_is_unbounded_and_refused():
     problems = config_problems(identity_doc(1, claim=True))
     assert [p for p, _ in problems] == ["spaces[0].targets[0].azure"]
     assert "takes a value from a caller's claim" in problems[0][1] and "pin the claim" in problems[0][1]
+
+
+def test_a_feed_without_its_registry_is_refused_when_the_configuration_loads():
+    assert config_problems(one_target(name="x", kind="feed", provider="azure", azure=azure())) == [
+        ("spaces[0].targets[0].azure", "a feed target needs registry: the ACR login server its docker credentials are "
+                                       "for (e.g. acme.azurecr.io)")]
 
 
 def test_the_check_is_a_hook_of_the_cloud_description():
@@ -383,8 +389,6 @@ def test_a_target_without_its_identity_cannot_be_exchanged():
     with pytest.raises(InvalidTarget, match="azure.client_id"):
         exchanger().exchange(request(only_target(name="x", kind="account", provider="azure",
                                                  azure={"tenant_id": TENANT})))
-    with pytest.raises(InvalidTarget, match="azure.registry"):
-        exchanger().exchange(request(only_target(name="x", kind="feed", provider="azure", azure=azure())))
 
 
 # -- Request.mint through the real Exchange: one grant per token ------------------------------------

@@ -126,6 +126,13 @@ def test_artifact_registry_and_container_registry_hosts_are_accepted(registry):
     assert gar(registry=registry).setting("registry") == registry
 
 
+def test_a_feed_without_its_registry_is_refused_when_the_configuration_loads():
+    found = problems(one_target(name="x", kind="feed", provider="gcp", gcp={"workload_identity_provider": WIP}))
+    assert found == [("spaces[0].targets[0].gcp", "a feed target needs registry: the docker registry its credentials "
+                                                  "are for (<location>-docker.pkg.dev, gcr.io, us.gcr.io, eu.gcr.io or "
+                                                  "asia.gcr.io)")]
+
+
 def test_a_registry_on_an_account_target_is_refused():
     found = problems(one_target(name="x", kind="account", provider="gcp",
                                 gcp={"workload_identity_provider": WIP, "registry": "gcr.io"}))

@@ -309,14 +309,20 @@ def federated_credentials(issuer: str, target: Any, subjects: list[str]) -> dict
 
 
 def check_config(config: Any) -> list[tuple[str, str]]:
-    """Entra allows 20 federated credentials per identity and matches subjects exactly: per
-    (tenant_id, client_id), the distinct subjects the configuration can mint must fit."""
+    """A feed names its registry (the login server its docker credentials are for). Entra allows 20
+    federated credentials per identity and matches subjects exactly: per (tenant_id, client_id),
+    the distinct subjects the configuration can mint must fit."""
     identities: dict[tuple[str, str], list[Any]] = {}
+    problems = []
     for space in config.spaces.values():
         for target in space.targets.values():
-            if target.provider == PROVIDER and target.setting("tenant_id") and target.setting("client_id"):
+            if target.provider != PROVIDER:
+                continue
+            if target.kind == "feed" and not target.setting("registry"):
+                problems.append((target.ref, "a feed target needs registry: the ACR login server its docker "
+                                             "credentials are for (e.g. acme.azurecr.io)"))
+            if target.setting("tenant_id") and target.setting("client_id"):
                 identities.setdefault((target.setting("tenant_id"), target.setting("client_id")), []).append(target)
-    problems = []
     for (tenant_id, client_id), targets in identities.items():
         subjects = {s for t in targets for s in config.subject_patterns(t)}
         refs = ", ".join(t.ref for t in targets)

@@ -423,14 +423,18 @@ def target_trust_setup(issuer: str, target: Any, subjects: list[str]) -> dict[st
 
 
 def check_config(config: Any) -> list[tuple[str, str]]:
-    """What a Google Cloud target needs across its settings: a directly federated target (no service
-    account) a token_lifetime Google can give, at most one hour. (A feed without its registry is
-    refused when it is exchanged: a target may be described before its registry exists.)"""
+    """What a Google Cloud target needs across its settings: a feed its registry (docker credentials
+    name it), and a directly federated target (no service account) a token_lifetime Google can
+    give, at most one hour."""
     problems = []
     for space in config.spaces.values():
         for target in space.targets.values():
             if target.provider != PROVIDER:
                 continue
+            if target.kind == "feed" and not target.setting("registry"):
+                problems.append((target.ref, "a feed target needs registry: the docker registry its credentials are "
+                                             "for (<location>-docker.pkg.dev, gcr.io, us.gcr.io, eu.gcr.io or "
+                                             "asia.gcr.io)"))
             lifetime = target.setting("token_lifetime")
             if not target.setting("service_account") and lifetime and lifetime > MAX_FEDERATED_LIFETIME:
                 problems.append((target.ref, f"token_lifetime {lifetime}s needs service_account: a directly federated "

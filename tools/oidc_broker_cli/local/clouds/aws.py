@@ -5,7 +5,9 @@ verifies the broker's tokens against an IAM OIDC provider and the role's trust p
 moto's IAM, then asks moto for the credentials. moto has no ECR Public: its emulator
 (AWS_ENDPOINT_URL_ECR_PUBLIC) accepts only credentials that STS issued. `trust` registers the
 broker as an IAM OIDC provider and gives each AWS target's role a trust policy, as an operator
-would with `oidc-broker trust-policy aws`.
+would with `oidc-broker trust-policy aws`. moto's GetAuthorizationToken answers with passwords the
+ECR emulator signs (oidc_broker_emulators.ecr), and each ECR feed's registry host gets a docker
+registry stand-in that takes only those.
 """
 
 from __future__ import annotations
@@ -17,24 +19,29 @@ from typing import Any
 from ..aws import ACCOUNT_ID
 
 DEFAULT_TARGET = "default/prod-ecr"  # the walk's example when no target is set up
+REGISTRY_PORT_OFFSET = 1  # the first ECR stand-in's port: the broker's + 1 (`make run`: 3001)
 
 
 def start(broker: Any) -> AwsWiring:
-    return AwsWiring(broker.aws, broker.issuer).start()
+    return AwsWiring(broker.aws, broker.issuer, broker.port).start()
 
 
 class AwsWiring:
-    def __init__(self, aws: Any, issuer: str):
+    def __init__(self, aws: Any, issuer: str, port: int = 0):
         self.aws = aws
         self.issuer = issuer
+        self.port = port
         self.roles: dict[str, str] = {}  # target ref -> role ARN, for the targets set up
+        self.feeds: dict[str, str] = {}  # ECR feed target ref -> its registry host
+        self.registries: dict[str, Any] = {}  # registry host -> its docker registry stand-in
 
     def start(self) -> AwsWiring:
-        from oidc_broker_emulators.ecr import patch_moto_ecr_expiry
+        from oidc_broker_emulators.ecr import EcrTokens, patch_moto_ecr
         from oidc_broker_emulators.ecr_public import EcrPublicEmulator, IssuedCredentials
         from oidc_broker_emulators.sts import IamDirectory, StsEmulator, Verifier, moto_credentials
 
-        patch_moto_ecr_expiry()
+        self.ecr_tokens = EcrTokens()
+        patch_moto_ecr(self.ecr_tokens)
         self.iam = self.aws.client("iam")
         issued = IssuedCredentials()  # what STS hands out is what ECR Public accepts
         self.sts = StsEmulator(Verifier(IamDirectory(self.iam, ACCOUNT_ID)),
@@ -50,23 +57,40 @@ class AwsWiring:
         return self
 
     def banner(self) -> list[tuple[str, str]]:
+        from oidc_broker_emulators.ecr import DOCKER_USERNAME
+
+        from . import registry_lines
+
         return [
             ("AWS STS", f"{self.sts.url} (verifying emulator; OIDC provider {self.issuer})"),
             ("ECR Public", f"{self.ecr_public.url} (emulator; signed with role credentials from AWS STS only)"),
-        ]
+        ] + registry_lines("ECR docker", self.registries, "its authorization tokens only", DOCKER_USERNAME)
 
     def trust(self, config: Any) -> None:
+        from oidc_broker_emulators.ecr import EcrLogin
+
+        from . import registries
+
         self.roles = trust_targets(config, self.iam, self.issuer)
+        # ECR feeds whose role local mode set up: moto answers for the role's account and the target's region.
+        self.feeds = {t.ref: f"{ACCOUNT_ID}.dkr.ecr.{t.setting('region')}.amazonaws.com"
+                      for space in config.spaces.values() for t in space.targets.values()
+                      if t.ref in self.roles and t.kind == "feed" and t.setting("registry") == "ecr"}
+        self.registries = registries(list(self.feeds.values()), EcrLogin(self.ecr_tokens), self.port,
+                                     REGISTRY_PORT_OFFSET)
 
     def walk(self, base_url: str, ci_token: str) -> tuple[str, str]:
+        from oidc_broker_emulators.ecr import DOCKER_USERNAME
+
+        from . import exchange_walk
+
         target = next(iter(self.roles), DEFAULT_TARGET)
         return ("AWS credentials for a target (a fresh CI token: each is accepted once per target)",
-                f"  {ci_token}\n"
-                f"  curl -s {base_url}/exchange/aws -H \"Authorization: Bearer $CI_TOKEN\" "
-                "-H 'Content-Type: application/json' \\\n"
-                f"    -d '{{\"target\": \"{target}\"}}'\n")
+                exchange_walk(base_url, ci_token, "aws", target, self.feeds, self.registries, DOCKER_USERNAME))
 
     def stop(self) -> None:
+        for registry in self.registries.values():
+            registry.stop()
         self.sts.stop()
         self.ecr_public.stop()
 
