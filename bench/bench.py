@@ -5,7 +5,8 @@
 Reports, and checks against the budgets in BUDGETS (a regression past one exits 1):
 - cold start per function: import and initialise its handler in a fresh interpreter, median of
   runs, as a ratio to `python -c "import boto3"` measured in the same run;
-- AWS calls per request, counted through botocore's event hooks;
+- AWS calls per request, counted through botocore's event hooks; for the Azure and Google Cloud
+  exchanges, fresh and cached, also the calls their cloud received (local mode's emulators count them);
 - the warm handler's own CPU time per mint, and per verification of a caller token, as a ratio to
   PyJWT verifying the same token alone (thread CPU time: the embedded AWS runs on other threads);
 - the cost per million mints, from the counted calls and list prices.
@@ -19,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,8 +36,22 @@ BUDGETS = {
     "calls.mint": 2,  # one KMS Sign, one DynamoDB write (replay guard + audit record)
     "calls.exchange_cached_cloud": 0,  # an exchange served from the cache calls no cloud
     "calls.exchange_cached": 2,  # the cache read and the grant write
+    # Azure (Entra token, ACR refresh token) and Google Cloud (STS): the exchange function's own calls.
+    # Fresh: cache read, lease put, cache re-read under the lease, grant, data key, cache write,
+    # lease delete, one Sign (one assertion).
+    "calls.exchange_azure_fresh": 8,
+    "calls.exchange_azure_fresh_cloud": 2,  # one Entra token request, one ACR /oauth2/exchange
+    "calls.exchange_azure_cached": 2,
+    "calls.exchange_azure_cached_cloud": 0,
+    "calls.exchange_gcp_fresh": 8,
+    "calls.exchange_gcp_fresh_cloud": 1,  # one STS token exchange (a feed federated directly)
+    "calls.exchange_gcp_cached": 2,
+    "calls.exchange_gcp_cached_cloud": 0,
     "imports_boto3.discovery": False,
     "cold_start_ratio.discovery": 0.6,  # discovery imports no boto3: well under boto3 alone
+    # The JWKS: boto3 with a DynamoDB client (the ring) and a KMS client (VerifyMac of each entry's
+    # seal, once per container); measured near 2.5, the KMS client adding about 0.25.
+    "cold_start_ratio.jwks": 3.0,
     "cpu_ratio.verify": 3.0,  # a caller check costs at most 3x PyJWT verifying the token alone
     # A whole mint: the caller check plus botocore's client-side work for two calls (signing,
     # serialising, the user agent string), which dominates; measured near 34.
@@ -67,7 +83,9 @@ def _median_seconds(code: str, env: dict[str, str], runs: int) -> float:
 def cold_starts(runs: int) -> dict[str, object]:
     env = {**os.environ, "TABLE_NAME": "bench", "ISSUER_URL": "https://id.example.com", "AWS_DEFAULT_REGION": "us-east-1",
            "POWERTOOLS_SERVICE_NAME": "oidc-broker", "POWERTOOLS_METRICS_NAMESPACE": "OidcBroker",
-           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "CACHE_KEY_ID": "alias/bench"}
+           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "CACHE_KEY_ID": "alias/bench",
+           "KEY_RING_SEAL_KEY": "alias/bench-seal", "KEY_POLICY_ROTATOR": "arn:aws:iam::123456789012:role/bench",
+           "STACK_NAME": "bench"}
     baseline = _median_seconds("import boto3", env, runs)
     empty = _median_seconds("pass", env, runs)
     results: dict[str, object] = {"baseline_boto3_s": round(baseline, 4)}
@@ -87,6 +105,8 @@ class CallCounter:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.own: Counter[str] = Counter()  # made on the installing thread (the handlers the bench invokes)
+        self._thread = threading.get_ident()
         self._lock = threading.Lock()
 
     def install(self) -> None:
@@ -104,10 +124,18 @@ class CallCounter:
     def _count(self, model, **_):
         with self._lock:
             self.calls[f"{model.service_model.service_name}.{model.name}"] += 1
+            if threading.get_ident() == self._thread:
+                self.own[f"{model.service_model.service_name}.{model.name}"] += 1
 
     def take(self) -> Counter[str]:
         with self._lock:
-            taken, self.calls = self.calls, Counter()
+            taken, self.calls, self.own = self.calls, Counter(), Counter()
+        return taken
+
+    def take_own(self) -> Counter[str]:
+        """The calls of the bench's own thread only: not those of a cloud emulator fetching our JWKS."""
+        with self._lock:
+            taken, self.calls, self.own = self.own, Counter(), Counter()
         return taken
 
 
@@ -120,7 +148,9 @@ def warm_paths(iterations: int) -> dict[str, object]:
 
     counter = CallCounter()
     counter.install()
-    local = LocalBroker(root=ROOT, config_path=ROOT / "examples" / "local.yaml", port=0, log=lambda _: None)
+    config = Path(tempfile.mkdtemp(prefix="oidc-broker-bench-")) / "broker.yaml"
+    config.write_text(bench_config())
+    local = LocalBroker(root=ROOT, config_path=config, port=0, log=lambda _: None)
     local.start()
     try:
         routes = {r.function: r for r in local.routes}
@@ -164,6 +194,7 @@ def warm_paths(iterations: int) -> dict[str, object]:
         results["calls.exchange_cached_cloud"] = sum(n for op, n in cached.items() if op.split(".")[0] in ("sts", "ecr", "ecr-public"))
         results["calls.exchange_cached_detail"] = dict(cached)
         results["cost_per_million_cached_exchanges_usd"] = cost_per_million(cached, signs_per_call=0)
+        results.update(cloud_exchanges(local, event, counter))
 
         # CPU: the handler's own thread, per mint, against PyJWT verifying the same caller token.
         events = [mint_event() for _ in range(iterations)]
@@ -194,6 +225,62 @@ def warm_paths(iterations: int) -> dict[str, object]:
         results["cost_per_million_mints_usd"] = cost_per_million(mint_calls)
     finally:
         local.stop()
+    return results
+
+
+# The demo configuration, plus one target per cloud that warms its exchange function (key ring,
+# configuration, SDK imports) with an exchange of its own, so the demo target's first exchange is
+# counted as a warm container makes it.
+WARM_TARGETS = """
+      - name: warm-acr
+        kind: feed
+        provider: azure
+        azure: {tenant_id: 11111111-2222-3333-4444-555555555555, client_id: 12121212-7777-8888-9999-000000000000, registry: warm.azurecr.io}
+      - name: warm-gar
+        kind: feed
+        provider: gcp
+        gcp:
+          workload_identity_provider: projects/123456789012/locations/global/workloadIdentityPools/pipelines/providers/oidc-broker
+          registry: us-docker.pkg.dev
+"""
+
+
+def bench_config() -> str:
+    text = (ROOT / "examples" / "local.yaml").read_text()
+    if text.count("    targets:\n") != 1 or text.count("targets: [prod-ecr, ") != 1:
+        raise SystemExit("bench: examples/local.yaml no longer has the one targets list and trust rule it extends")
+    text = text.replace("    targets:\n", "    targets:" + WARM_TARGETS, 1)
+    return text.replace("targets: [prod-ecr, ", "targets: [warm-acr, warm-gar, prod-ecr, ")
+
+
+def cloud_exchanges(local, event, counter: CallCounter) -> dict[str, object]:
+    """Per cloud with its own emulators (Azure, Google Cloud): the AWS calls of a fresh exchange (a
+    cache miss) and of a cached one, made by the exchange function itself, and the calls its cloud
+    received (the emulators count them)."""
+    from oidc_broker_cli.local.clouds.azure import AzureWiring
+    from oidc_broker_cli.local.clouds.gcp import GcpWiring
+
+    wirings = {type(w): w for w in local.wirings}
+    azure, gcp = wirings[AzureWiring], wirings[GcpWiring]
+    clouds = (("azure", "ExchangeAzureFunction", lambda: azure.entra.calls + azure.acr.calls),
+              ("gcp", "ExchangeGcpFunction", lambda: gcp.sts.calls + gcp.iamcredentials.calls))
+    results: dict[str, object] = {}
+    for cloud, function, cloud_calls in clouds:
+        def exchange(target: str) -> None:
+            body = json.dumps({"target": target}).encode()
+            response = local.invoke(function, event(function, body, {
+                "content-type": "application/json", "authorization": f"Bearer {local.dev_ci.mint({})}"}))
+            assert response["statusCode"] == 200, response
+
+        exchange(f"default/warm-{'acr' if cloud == 'azure' else 'gar'}")
+        for outcome in ("fresh", "cached"):  # the demo target's first exchange fills the cache
+            counter.take()
+            before = cloud_calls()
+            exchange(f"default/prod-{'acr' if cloud == 'azure' else 'gar'}")
+            own = counter.take_own()
+            results[f"calls.exchange_{cloud}_{outcome}"] = sum(own.values())
+            results[f"calls.exchange_{cloud}_{outcome}_cloud"] = cloud_calls() - before
+            results[f"calls.exchange_{cloud}_{outcome}_detail"] = dict(own)
     return results
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+from oidc_broker_cli.deployment import RECORD_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -95,6 +96,26 @@ def start_local(log_path: Path, *args: str) -> LocalMode:
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"local mode did not become ready:\n{log_path.read_text()}")
+
+
+def start_recorded(directory: Path, *args: str) -> LocalMode:
+    """start_local, recording where it runs in `directory` rather than the project's .oidc-broker/, so
+    the commands that find local mode by its record (`keys`, `refresh`) find this one when run with
+    `mode.env`."""
+    record = directory / "local.json"
+    saved = os.environ.get(RECORD_ENV)
+    os.environ[RECORD_ENV] = str(record)
+    try:
+        mode = start_local(directory / "local.log", *args)
+    finally:
+        if saved is None:
+            del os.environ[RECORD_ENV]
+        else:
+            os.environ[RECORD_ENV] = saved
+    mode.record = record
+    mode.env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    mode.env[RECORD_ENV] = str(record)
+    return mode
 
 
 def stop_local(mode: LocalMode) -> None:

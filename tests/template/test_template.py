@@ -151,8 +151,11 @@ def test_sam_build_ships_the_core_and_its_dependencies_in_the_layer(tmp_path):
 
 TABLE = {"Fn::GetAtt": ["BrokerTable", "Arn"]}
 # The only DynamoDB actions a function may have: each names its partition key, so
-# dynamodb:LeadingKeys bounds it. Scan, Batch*, PartiQL and Transact* requests name none (or
+# dynamodb:LeadingKeys bounds it. Scan, Batch*, PartiQL and Transact* actions name none (or
 # several per call), and ForAllValues is vacuously true for a request without leading keys.
+# A TransactWriteItems call needs none of them: DynamoDB authorizes each of its items by that
+# item's own action (PutItem, DeleteItem, ...) and leading key, so the key ring's transactions
+# (store.change_key_ring: the key ring and rotation functions) are bounded like single writes.
 ITEM_ACTIONS = {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:DeleteItem"}
 WRITE_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem",
                  "dynamodb:TransactWriteItems", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate",
@@ -194,6 +197,17 @@ PARTITIONS = {
         "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
     },
     "KeyRingFunction": {"dynamodb:Query": ["KEYRING"], "dynamodb:PutItem": ["DEPLOYMENT", "KEYRING"]},
+    # The key ring's keys and its STATE item, changed in transactions of conditional puts and deletes.
+    "RotateKeysFunction": {"dynamodb:Query": ["KEYRING"], "dynamodb:PutItem": ["KEYRING"],
+                           "dynamodb:DeleteItem": ["KEYRING"]},
+    # The exchange functions' cache and grants, the cache's partitions queried, the recorded issuer;
+    # no caller key sets (it verifies no caller).
+    "RefreshFunction": {
+        "dynamodb:GetItem": ["CACHE#*", "CONFIG", "DEPLOYMENT"],
+        "dynamodb:Query": ["CACHE#*", "KEYRING"],
+        "dynamodb:PutItem": ["CACHE#*", "GRANT#*"],
+        "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
+    },
 }
 
 
@@ -242,6 +256,8 @@ def test_no_function_statement_allows_every_action_or_every_resource(template):
         for statement in _statements(function):
             actions = _as_list(statement["Action"])
             assert not any(a == "*" or a.endswith(":*") for a in actions), (name, statement)
+            if actions == ["kms:CreateKey"]:
+                continue  # a key to be created has no ARN: CreateKey takes "*", bounded by its conditions
             assert "*" not in _as_list(statement["Resource"]), (name, statement)
 
 
@@ -288,8 +304,8 @@ def _writers(template: dict, partition: str) -> set[str]:
     }
 
 
-def test_only_the_key_ring_function_writes_the_key_ring(template):
-    assert _writers(template, "KEYRING") == {"KeyRingFunction"}
+def test_only_the_key_ring_and_rotation_functions_write_the_key_ring(template):
+    assert _writers(template, "KEYRING") == {"KeyRingFunction", "RotateKeysFunction"}
     assert _writers(template, "DEPLOYMENT") == {"KeyRingFunction"}
 
 
@@ -331,12 +347,45 @@ def test_the_key_ring_function_reads_the_ring_and_adds_items_only(template):
     assert actions == {"dynamodb:Query", "dynamodb:PutItem"}
 
 
-def test_no_function_iam_policy_grants_any_kms_action(template):
+ROTATION_KMS_ACTIONS = {"kms:CreateKey", "kms:TagResource"}  # no key exists yet to name in a key policy
+
+
+def test_no_function_iam_policy_grants_any_kms_action_but_creating_tagged_signing_keys(template):
     # Who may use a key is written in its key policy, naming the role; an IAM statement naming the
-    # key would also make the key and the role depend on each other (a cycle).
+    # key would also make the key and the role depend on each other (a cycle). Creating a key can
+    # only be granted in IAM: the rotation function's, for its own kind of key.
     for name, function in _functions(template).items():
         for statement in _statements(function):
-            assert not any(a.lower().startswith("kms:") or a == "*" for a in _as_list(statement["Action"])), (name, statement)
+            kms = {a for a in _as_list(statement["Action"]) if a.lower().startswith("kms:") or a == "*"}
+            assert not kms or (name == "RotateKeysFunction" and kms <= ROTATION_KMS_ACTIONS), (name, statement)
+
+
+def _rotation_kms_statements(template: dict) -> dict[str, dict]:
+    return {a: s for s in _statements(template["Resources"]["RotateKeysFunction"])
+            for a in _as_list(s["Action"]) if a.startswith("kms:")}
+
+
+def test_the_rotation_function_creates_only_rsa_2048_signing_keys_tagged_as_the_stacks(template):
+    kms = _rotation_kms_statements(template)
+    assert set(kms) == ROTATION_KMS_ACTIONS
+    create = kms["kms:CreateKey"]
+    assert _as_list(create["Action"]) == ["kms:CreateKey"] and create["Resource"] == "*"
+    tags = {"aws:RequestTag/oidc-broker:stack": {"Ref": "AWS::StackName"}, "aws:RequestTag/oidc-broker:purpose": "signing"}
+    assert create["Condition"]["StringEquals"] == {"kms:KeySpec": "RSA_2048", "kms:KeyUsage": "SIGN_VERIFY",
+                                                   "kms:KeyOrigin": "AWS_KMS", **tags}
+    assert create["Condition"]["Bool"] == {"kms:MultiRegion": "false"}
+    only_tags = {"aws:TagKeys": ["oidc-broker:stack", "oidc-broker:purpose"]}
+    assert create["Condition"]["ForAllValues:StringEquals"] == only_tags
+    tag = kms["kms:TagResource"]
+    assert _as_list(tag["Action"]) == ["kms:TagResource"]
+    assert tag["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:key/*"}
+    assert tag["Condition"] == {"StringEquals": tags, "ForAllValues:StringEquals": only_tags}
+    # rotation.py tags every key it creates with exactly these.
+    from oidc_broker.rotation import NewKeys
+
+    request = NewKeys(policy={}, stack="S").create_key_request()
+    assert (request["KeySpec"], request["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
+    assert {t["TagKey"]: t["TagValue"] for t in request["Tags"]} == {"oidc-broker:stack": "S", "oidc-broker:purpose": "signing"}
 
 
 # --- permissions: the KMS key policies -----------------------------------------------------
@@ -380,7 +429,7 @@ def _key_users(template: dict, key: str, action: str) -> dict[str, dict]:
     return users
 
 
-@pytest.mark.parametrize("key", ["SigningKey", "CacheKey"])
+@pytest.mark.parametrize("key", ["SigningKey", "CacheKey", "KeyRingSealKey"])
 def test_the_account_administers_each_key_but_cannot_use_it(template, key):
     (admin,) = [s for s in _key_statements(template, key) if ROOT in _principals(s)]
     assert _principals(admin) == [ROOT]
@@ -389,7 +438,7 @@ def test_the_account_administers_each_key_but_cannot_use_it(template, key):
     assert [a for a in KMS_USE_ACTIONS if _grants(admin, a)] == []
 
 
-@pytest.mark.parametrize("key", ["SigningKey", "CacheKey"])
+@pytest.mark.parametrize("key", ["SigningKey", "CacheKey", "KeyRingSealKey"])
 def test_every_key_policy_principal_is_the_account_or_a_function_role(template, key):
     allowed = [ROOT, *(_role(name) for name in _functions(template))]
     for statement in _key_statements(template, key):
@@ -400,16 +449,54 @@ def test_every_key_policy_principal_is_the_account_or_a_function_role(template, 
 
 def test_only_the_minting_functions_roles_may_sign_and_only_rs256(template):
     signers = _key_users(template, "SigningKey", "kms:Sign")
-    assert sorted(signers) == sorted(json.dumps(_role(f), sort_keys=True) for f in ("TokenFunction", *_exchange_functions(template)))
+    assert sorted(signers) == sorted(json.dumps(_role(f), sort_keys=True)
+                                     for f in ("TokenFunction", *_exchange_functions(template), "RefreshFunction"))
     for statement in signers.values():
         assert _as_list(statement["Action"]) == ["kms:Sign"]
         assert statement["Condition"] == {"StringEquals": {"kms:SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"}}
 
 
-def test_only_the_key_ring_functions_role_and_the_administrators_read_the_public_key(template):
+def test_only_the_key_ring_and_rotation_roles_and_the_administrators_read_the_public_key(template):
     readers = _key_users(template, "SigningKey", "kms:GetPublicKey")
-    assert sorted(readers) == sorted(json.dumps(p, sort_keys=True) for p in (ROOT, _role("KeyRingFunction")))
-    assert _as_list(readers[json.dumps(_role("KeyRingFunction"), sort_keys=True)]["Action"]) == ["kms:GetPublicKey"]
+    functions = ("KeyRingFunction", "RotateKeysFunction")
+    assert sorted(readers) == sorted(json.dumps(p, sort_keys=True) for p in (ROOT, *(_role(f) for f in functions)))
+    for function in functions:
+        assert _as_list(readers[json.dumps(_role(function), sort_keys=True)]["Action"]) == ["kms:GetPublicKey"]
+
+
+def test_only_the_rotation_role_and_the_administrators_take_the_signing_key_out_of_use(template):
+    for action in ("kms:DisableKey", "kms:ScheduleKeyDeletion"):
+        users = _key_users(template, "SigningKey", action)
+        assert sorted(users) == sorted(json.dumps(p, sort_keys=True) for p in (ROOT, _role("RotateKeysFunction"))), action
+    for action in ("kms:PutKeyPolicy", "kms:CreateGrant", "kms:EnableKey", "kms:CancelKeyDeletion"):
+        assert set(_key_users(template, "SigningKey", action)) == {json.dumps(ROOT, sort_keys=True)}, action
+
+
+def _sub_arns(value) -> list:
+    """The role ARNs a `!Sub ${A.Arn},${B.Arn}` environment value names, as GetAtt expressions."""
+    if "Fn::GetAtt" in value:
+        return [value]
+    names = re.findall(r"\$\{(\w+)\.Arn\}", value["Fn::Sub"])
+    assert value["Fn::Sub"].replace(" ", "") == ",".join(f"${{{n}.Arn}}" for n in names), value
+    return [{"Fn::GetAtt": [n, "Arn"]} for n in names]
+
+
+def test_every_key_rotation_creates_gets_the_signing_keys_policy_from_the_templates_roles(template):
+    # One policy for the template's key and every rotated one (rotation.signing_key_policy): the
+    # roles the rotation function is told (its environment) are the roles SigningKey names.
+    from oidc_broker.rotation import signing_key_policy
+
+    variables = template["Resources"]["RotateKeysFunction"]["Properties"]["Environment"]["Variables"]
+    (rotator,) = _sub_arns(variables["KEY_POLICY_ROTATOR"])
+    expected = signing_key_policy(account_root=ROOT, signers=_sub_arns(variables["KEY_POLICY_SIGNERS"]),
+                                  readers=_sub_arns(variables["KEY_POLICY_READERS"]), rotator=rotator)
+    assert template["Resources"]["SigningKey"]["Properties"]["KeyPolicy"] == expected
+    assert rotator == _role("RotateKeysFunction")
+    # And the account root the function derives from its own role is the template's.
+    from oidc_broker.rotation import account_root
+
+    assert account_root("arn:aws:iam::123456789012:role/x") == ROOT["Fn::Sub"].replace(
+        "${AWS::Partition}", "aws").replace("${AWS::AccountId}", "123456789012")
 
 
 def test_the_signing_key_is_used_for_nothing_but_signing_and_publishing(template):
@@ -419,7 +506,7 @@ def test_the_signing_key_is_used_for_nothing_but_signing_and_publishing(template
 
 
 def test_only_the_exchange_functions_role_gets_cache_data_keys_in_the_caches_context(template):
-    roles = sorted(json.dumps(_role(f), sort_keys=True) for f in _exchange_functions(template))
+    roles = sorted(json.dumps(_role(f), sort_keys=True) for f in (*_exchange_functions(template), "RefreshFunction"))
     role = json.dumps(_role("ExchangeAwsFunction"), sort_keys=True)
     for action in KMS_USE_ACTIONS:
         users = _key_users(template, "CacheKey", action)
@@ -453,17 +540,47 @@ def test_every_exchange_function_signs_caches_and_is_shaped_like_the_others(temp
         assert role in signers and role in cachers, name
 
 
-def test_the_functions_that_read_the_key_ring_trust_only_the_stacks_signing_key(template):
-    # keys.KeyRing publishes and signs only with entries of these keys (runtime.key_ring).
-    readers = {n for n, f in _functions(template).items() for s in _dynamodb_statements(f)
-               if _grants(s, "dynamodb:Query") and _may_touch(s, "KEYRING")} - {"KeyRingFunction"}
-    assert readers == {"JwksFunction", "TokenFunction", *_exchange_functions(template)}
+def _ring_readers(template: dict) -> set[str]:
+    return {n for n, f in _functions(template).items() for s in _dynamodb_statements(f)
+            if _grants(s, "dynamodb:Query") and _may_touch(s, "KEYRING")}
+
+
+SEAL = {"Fn::GetAtt": ["KeyRingSealKey", "Arn"]}
+
+
+def test_every_function_that_reads_the_key_ring_trusts_only_entries_with_the_stacks_seal(template):
+    # keys.KeyRing publishes and signs only with entries the seal verifies (runtime.key_ring).
+    readers = _ring_readers(template)
+    assert readers == {"JwksFunction", "TokenFunction", *_exchange_functions(template), "RefreshFunction",
+                       "KeyRingFunction", "RotateKeysFunction"}
     for name in readers:
         variables = template["Resources"][name]["Properties"]["Environment"]["Variables"]
-        assert variables["SIGNING_KEY_ARNS"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}, name
+        assert variables["KEY_RING_SEAL_KEY"] == SEAL, name
+    for name, function in _functions(template).items():
+        assert "SIGNING_KEY_ARNS" not in (function["Properties"].get("Environment") or {}).get("Variables", {}), name
     exchange = template["Resources"]["ExchangeAwsFunction"]["Properties"]["Environment"]["Variables"]
-    assert exchange == {"CACHE_KEY_ID": {"Fn::GetAtt": ["CacheKey", "Arn"]},
-                        "SIGNING_KEY_ARNS": {"Fn::GetAtt": ["SigningKey", "Arn"]}}
+    assert exchange == {"CACHE_KEY_ID": {"Fn::GetAtt": ["CacheKey", "Arn"]}, "KEY_RING_SEAL_KEY": SEAL}
+
+
+def test_the_seal_key_is_a_retained_hmac_key(template):
+    key = template["Resources"]["KeyRingSealKey"]
+    assert key["DeletionPolicy"] == key["UpdateReplacePolicy"] == "Retain"
+    assert (key["Properties"]["KeySpec"], key["Properties"]["KeyUsage"]) == ("HMAC_256", "GENERATE_VERIFY_MAC")
+    assert _key_statements(template, "KeyRingSealKey")[0] == _key_statements(template, "SigningKey")[0]
+
+
+def test_only_the_functions_that_add_keys_seal_and_every_ring_reader_verifies(template):
+    sealers = _key_users(template, "KeyRingSealKey", "kms:GenerateMac")
+    assert sorted(sealers) == sorted(json.dumps(_role(f), sort_keys=True) for f in ("KeyRingFunction", "RotateKeysFunction"))
+    verifiers = _key_users(template, "KeyRingSealKey", "kms:VerifyMac")
+    assert sorted(verifiers) == sorted(json.dumps(_role(f), sort_keys=True)
+                                       for f in _ring_readers(template) - {"KeyRingFunction"})
+    for statement in [*sealers.values(), *verifiers.values()]:
+        assert len(_as_list(statement["Action"])) == 1
+        assert statement["Condition"] == {"StringEquals": {"kms:MacAlgorithm": "HMAC_SHA_256"}}
+    for action in KMS_USE_ACTIONS:
+        if action not in ("kms:GenerateMac", "kms:VerifyMac"):
+            assert _key_users(template, "KeyRingSealKey", action) == {}, action
 
 
 def test_the_cache_key_is_a_retained_symmetric_key_administered_by_the_account(template):
@@ -632,6 +749,13 @@ def test_every_sample_event_targets_something_in_the_template(template, path):
     if "routeKey" in event:
         assert event["version"] == "2.0"
         assert event["routeKey"] in _routes(template)
+    elif event.get("detail-type") == "Scheduled Event":
+        # EventBridge names a SAM Schedule's rule <stack>-<FunctionLogicalId><EventId>-<suffix>.
+        (rule,) = event["resources"]
+        scheduled = {f"{name}{event_id}" for name, function in _functions(template).items()
+                     for event_id, e in function["Properties"].get("Events", {}).items() if e["Type"] == "Schedule"}
+        name = rule.split(":rule/")[1].rsplit("-", 1)[0]
+        assert event["source"] == "aws.events" and any(name.endswith(f"-{s}") for s in scheduled), rule
     else:
         assert event["ResourceType"] == template["Resources"]["KeyRing"]["Type"]
         assert set(event["ResourceProperties"]) == set(template["Resources"]["KeyRing"]["Properties"])
@@ -856,7 +980,9 @@ def test_the_outputs_name_the_issuer_url_and_the_api_url(template):
 # Metrics AWS publishes by itself (namespace, name).
 AWS_METRICS = {("AWS/ApiGateway", "5xx"), ("AWS/ApiGateway", "Count"), ("AWS/Usage", "CallCount")}
 # Metrics of functions not written yet; their alarms must stay OK while there is no data.
-PLANNED_METRICS = {"RefreshFailures", "KeyRotationAge"}
+PLANNED_METRICS: set[str] = set()
+# Alarms for which no data is itself the alarm: a function that runs on a schedule, whatever the traffic.
+BREACHING_WITHOUT_DATA = {"KeyRotationOverdueAlarm"}
 
 
 def _emitted_broker_metrics() -> set[str]:
@@ -938,10 +1064,137 @@ def test_the_api_alarm_reads_this_stacks_api(template):
         assert dimensions == {"ApiId": {"Ref": "HttpApi"}}
 
 
-def test_every_alarm_stays_ok_without_data_and_notifies_the_topic_only_when_given(template):
+def test_every_alarm_but_rotations_stays_ok_without_data_and_notifies_the_topic_only_when_given(template):
     actions = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
     for name, alarm in _alarms(template).items():
         props = alarm["Properties"]
-        assert props["TreatMissingData"] == "notBreaching", name
+        assert props["TreatMissingData"] == ("breaching" if name in BREACHING_WITHOUT_DATA else "notBreaching"), name
         assert props["AlarmActions"] == props["OKActions"] == actions, name
         assert props.get("AlarmDescription"), name
+
+
+# --- the scheduled credential refresh -------------------------------------------------------
+
+
+def test_the_refresh_runs_on_a_schedule_whose_rate_is_a_parameter(template):
+    function = template["Resources"]["RefreshFunction"]["Properties"]
+    assert function["CodeUri"] == "functions/refresh/"
+    assert function["Events"] == {"Refresh": {"Type": "Schedule", "Properties": {"Schedule": {"Ref": "RefreshSchedule"}}}}
+    parameter = template["Parameters"]["RefreshSchedule"]
+    assert parameter["Default"] == "rate(5 minutes)"
+    # The function reads the same rate to renew two runs ahead.
+    assert function["Environment"]["Variables"]["REFRESH_SCHEDULE"] == {"Ref": "RefreshSchedule"}
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("rate(5 minutes)", 300), ("rate(1 minute)", 60), ("rate(60 minutes)", 3600), ("rate(1 hour)", 3600),
+     ("rate(0 minutes)", None), ("rate(2 hours)", None), ("rate(1 minutes)", None), ("cron(0/5 * * * ? *)", None),
+     ("rate(5 minutes) ", None), ("", None)],
+)
+def test_the_schedule_parameter_allows_only_rates_the_refresh_reads(template, value, seconds):
+    from oidc_broker.refresh import rate_seconds
+
+    allowed = re.fullmatch(template["Parameters"]["RefreshSchedule"]["AllowedPattern"], value) is not None
+    assert allowed is (seconds is not None)
+    if allowed:
+        assert rate_seconds(value) == seconds
+
+
+def test_the_refresh_runs_one_at_a_time_within_a_bounded_time(template):
+    props = template["Resources"]["RefreshFunction"]["Properties"]
+    assert props["ReservedConcurrentExecutions"] == 1
+    assert template["Globals"]["Function"]["Timeout"] < props["Timeout"] <= 900
+
+
+def test_the_refresh_shares_the_exchange_functions_statements_and_reads_no_caller_key_sets(template):
+    exchange = {s["Sid"]: s for s in _statements(template["Resources"]["ExchangeAwsFunction"])}
+    refresh = {s["Sid"]: s for s in _statements(template["Resources"]["RefreshFunction"])}
+    # The same statements (one node each, by alias), less the caller key sets: it verifies no caller.
+    assert set(exchange) - set(refresh) == {"ShareIssuerKeys"}
+    for sid in set(exchange) & set(refresh):
+        assert refresh[sid] == exchange[sid], sid
+    # Its own: a Query of the cache's partitions (never a Scan) and the recorded issuer.
+    assert {sid: (refresh[sid]["Action"], _leading_keys(refresh[sid])) for sid in set(refresh) - set(exchange)} == {
+        "ListCacheEntries": ("dynamodb:Query", ("ForAllValues:StringLike", ["CACHE#*"])),
+        "ReadDeployment": ("dynamodb:GetItem", ("ForAllValues:StringEquals", ["DEPLOYMENT"])),
+    }
+    variables = template["Resources"]["RefreshFunction"]["Properties"]["Environment"]["Variables"]
+    model = template["Resources"]["ExchangeAwsFunction"]["Properties"]["Environment"]["Variables"]
+    assert {k: variables[k] for k in model} == model
+
+
+def test_the_refresh_function_is_named_in_the_outputs_for_the_cli(template):
+    assert template["Outputs"]["RefreshFunctionName"]["Value"] == {"Ref": "RefreshFunction"}
+    keys_cli = (REPO / "tools" / "oidc_broker_cli" / "refresh.py").read_text()
+    assert 'Function("RefreshFunction", "RefreshFunctionName")' in keys_cli
+
+
+def test_the_refresh_alarm_fires_on_repeated_failures_or_credentials_past_their_served_share(template):
+    props = template["Resources"]["RefreshFailuresAlarm"]["Properties"]
+    queries = {q["Id"]: q for q in props["Metrics"]}
+    stats = {q["MetricStat"]["Metric"]["MetricName"]: (q["Id"], q["MetricStat"]["Stat"], q["MetricStat"]["Period"])
+             for q in queries.values() if "MetricStat" in q}
+    assert stats == {"RefreshFailures": ("failures", "Sum", 900), "RefreshMinRemaining": ("remaining", "Minimum", 900)}
+    (result,) = [q for q in queries.values() if q.get("ReturnData")]
+    assert result["Expression"] == "IF(FILL(failures, 0) >= 3, 1, 0) + IF(FILL(remaining, 1) <= 0, 1, 0)"
+    assert (props["ComparisonOperator"], props["Threshold"], props["EvaluationPeriods"]) == (
+        "GreaterThanOrEqualToThreshold", 1, 1)
+    # Emitted with the service dimension only (the Refreshes series carry target and outcome).
+    observe = (REPO / "layers" / "broker" / "oidc_broker" / "observe.py").read_text()
+    assert 'metrics.add_metric(name="RefreshFailures"' in observe
+    assert 'metrics.add_metric(name="RefreshMinRemaining"' in observe
+
+
+# --- signing-key rotation -------------------------------------------------------------------
+
+
+def test_the_rotation_function_runs_every_hour_under_the_name_the_cli_invokes(template):
+    function = template["Resources"]["RotateKeysFunction"]["Properties"]
+    assert function["CodeUri"] == "functions/rotate_keys/"
+    assert function.get("Handler", template["Globals"]["Function"]["Handler"]) == "app.handler"
+    # A literal schedule (local mode fires /_local/schedule/RotateKeysFunction/Rotation).
+    assert function["Events"] == {"Rotation": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 hour)"}}}
+    assert template["Outputs"]["KeyRotationFunctionName"]["Value"] == {"Ref": "RotateKeysFunction"}
+    cli = (REPO / "tools" / "oidc_broker_cli" / "keys.py").read_text()
+    assert 'Function("RotateKeysFunction", "KeyRotationFunctionName")' in cli
+
+
+def test_the_lifecycle_comes_from_the_parameters_and_the_jwks_and_rotation_read_the_same_max_age(template):
+    jwks = template["Resources"]["JwksFunction"]["Properties"]["Environment"]["Variables"]
+    rotate = template["Resources"]["RotateKeysFunction"]["Properties"]["Environment"]["Variables"]
+    assert jwks["JWKS_MAX_AGE"] == rotate["JWKS_MAX_AGE"] == {"Ref": "JwksMaxAge"}
+    assert rotate["KEY_ROTATION_PERIOD"] == {"Fn::Sub": "${KeyRotationPeriodDays}d"}
+    assert rotate["STACK_NAME"] == {"Ref": "AWS::StackName"}
+    parameters = template["Parameters"]
+    assert (parameters["KeyRotationPeriodDays"]["Default"], parameters["JwksMaxAge"]["Default"]) == (90, 300)
+    # The defaults are the code's own (runtime.lifecycle with nothing set).
+    from oidc_broker.rotation import Lifecycle
+
+    assert (Lifecycle().period, Lifecycle().jwks_max_age) == (90 * 86400, 300)
+    # Every function with a key ring cache (KEY_RING_TTL) leaves it at the code's one default.
+    for name, function in _functions(template).items():
+        assert "KEY_RING_TTL" not in (function["Properties"].get("Environment") or {}).get("Variables", {}), name
+
+
+def test_the_rotation_function_is_told_every_role_that_signs_and_reads_public_keys(template):
+    variables = template["Resources"]["RotateKeysFunction"]["Properties"]["Environment"]["Variables"]
+    signers = _key_users(template, "SigningKey", "kms:Sign")
+    assert sorted(json.dumps(a, sort_keys=True) for a in _sub_arns(variables["KEY_POLICY_SIGNERS"])) == sorted(signers)
+    readers = _key_users(template, "SigningKey", "kms:GetPublicKey")
+    assert sorted(json.dumps(a, sort_keys=True) for a in _sub_arns(variables["KEY_POLICY_READERS"])) == sorted(
+        r for r in readers if r != json.dumps(ROOT, sort_keys=True))
+
+
+def test_the_overdue_alarm_fires_a_week_past_the_period_or_when_rotation_stops_running(template):
+    props = template["Resources"]["KeyRotationOverdueAlarm"]["Properties"]
+    queries = {q["Id"]: q for q in props["Metrics"]}
+    metric = queries["age"]["MetricStat"]
+    assert (metric["Metric"]["MetricName"], metric["Stat"], metric["Period"]) == ("KeyRotationAge", "Maximum", 86400)
+    assert queries["overdue"]["Expression"] == {"Fn::Sub": "age / 86400 - ${KeyRotationPeriodDays}"}
+    assert queries["overdue"]["ReturnData"] is True and queries["age"]["ReturnData"] is False
+    assert (props["ComparisonOperator"], props["Threshold"], props["TreatMissingData"]) == (
+        "GreaterThanThreshold", 7, "breaching")
+    assert "${KeyRotationPeriodDays}" in props["AlarmDescription"]["Fn::Sub"]
+    source = (REPO / "functions" / "rotate_keys" / "app.py").read_text()
+    assert 'add_metric(name="KeyRotationAge", unit=MetricUnit.Seconds' in source

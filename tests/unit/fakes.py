@@ -117,6 +117,8 @@ class CacheStore:
         self.items: dict[tuple[str, str], dict] = {}
         self.locks: dict[tuple[str, str], dict] = {}
         self.reads = 0
+        self.writes = 0
+        self.queries = 0
         self.guard = threading.Lock()
 
     def cached_credentials(self, binding):
@@ -127,7 +129,23 @@ class CacheStore:
 
     def put_cached_credentials(self, binding, attributes):
         with self.guard:
+            self.writes += 1
             self.items[binding.key] = dict(attributes)
+
+    def mark_cached_credentials_used(self, binding, attributes, used_at):
+        with self.guard:
+            self.writes += 1
+            current = self.items.get(binding.key)
+            if current is not None and current["source"] == attributes["source"]:  # the conditional put
+                self.items[binding.key] = {**attributes, "last_used_at": used_at}
+
+    def cache_entries(self, target):
+        """The Query of a target's partition: each entry without its secret parts."""
+        with self.guard:
+            self.queries += 1
+            return [{"subject": subject, **{k: item[k] for k in ("fingerprint", "issued_at", "expires_at",
+                                                                  "last_used_at") if k in item}}
+                    for (ref, subject), item in self.items.items() if ref == target]
 
     def lock_credentials_fill(self, binding, owner, now, lease_until):
         with self.guard:

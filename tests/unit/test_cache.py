@@ -16,7 +16,7 @@ from fakes import CACHE_KEY_ID, SECRET, CacheKms, CacheStore, Exchanges, kms_err
 from moto import mock_aws
 
 from oidc_broker import config
-from oidc_broker.cache import CacheUnavailable, CredentialCache, fingerprint
+from oidc_broker.cache import EXPIRY_MARGIN, USE_RECORDED_EVERY, CacheUnavailable, CredentialCache, fingerprint
 from oidc_broker.errors import Throttled
 from oidc_broker.model import Binding
 from oidc_broker.store import Store
@@ -235,8 +235,8 @@ def test_data_keys_are_bound_to_the_target_and_subject(binding, parts, clock):
     assert context == {"purpose": "oidc-broker credential cache", "target": "acme/prod", "subject": SUBJECT}
 
 
-@mock_aws
-def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(binding, clock):
+def moto_table():
+    """moto's DynamoDB table and KMS key, as the stack's (inside mock_aws): (client, kms, key ARN, Store)."""
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     dynamodb.create_table(
         TableName="t", BillingMode="PAY_PER_REQUEST",
@@ -245,7 +245,12 @@ def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(bind
     )
     kms = boto3.client("kms", region_name="us-east-1")
     key_id = kms.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["Arn"]
-    store = Store(dynamodb, "t")
+    return dynamodb, kms, key_id, Store(dynamodb, "t")
+
+
+@mock_aws
+def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(binding, clock):
+    dynamodb, kms, key_id, store = moto_table()
     fill = Exchanges(clock)
     first = CredentialCache(store, kms, key_id, clock).get(binding, fill)
 
@@ -260,6 +265,32 @@ def test_nothing_readable_is_stored_and_another_container_decrypts_with_kms(bind
     second = CredentialCache(store, kms, key_id, clock).get(binding, fill)
     assert second.from_cache and dict(second.credentials.fields) == dict(first.credentials.fields)
     assert fill.calls == 1
+
+
+@mock_aws
+def test_the_table_lists_a_targets_entries_with_one_query_and_notes_uses_without_overwriting_a_newer_fill(clock):
+    _, kms, key_id, store = moto_table()
+    fill = Exchanges(clock, lifetime=12 * 3600)
+    cache = CredentialCache(store, kms, key_id, clock)
+    prod, staging = bind(targets()), bind(targets(), OTHER)
+    cache.get(prod, fill)
+    cache.refill(staging, fill)
+    entries = sorted(store.cache_entries("acme/prod"), key=lambda e: e["subject"])
+    assert entries == [
+        {"subject": SUBJECT, "fingerprint": fingerprint(prod.target), "issued_at": NOW, "expires_at": NOW + 12 * 3600,
+         "last_used_at": NOW},
+        {"subject": OTHER, "fingerprint": fingerprint(prod.target), "issued_at": NOW, "expires_at": NOW + 12 * 3600},
+    ]
+    assert store.cache_entries("acme/other") == []
+    clock.advance(USE_RECORDED_EVERY)
+    assert cache.get(prod, fill).from_cache
+    assert store.cached_credentials(prod)["last_used_at"] == NOW + USE_RECORDED_EVERY
+    # A use noted from a copy read before another fill replaced the entry is not written.
+    stale = store.cached_credentials(prod)
+    cache.refill(prod, fill)
+    store.mark_cached_credentials_used(prod, stale, int(clock()) + 1)
+    assert store.cached_credentials(prod)["source"] == "jti-3"
+    assert cache.get(prod, fill).from_cache and fill.calls == 3
 
 
 # -- refilling without a caller -------------------------------------------------------------------
@@ -300,3 +331,113 @@ def test_refill_answers_with_an_entry_another_filler_stored_while_it_waited(bind
 
     served = cache_of(store, kms, clock, poll=0.25, sleep=other_fills).refill(binding, fill)
     assert served.from_cache and fill.calls == 1
+
+
+def test_refill_replacing_an_entry_exchanges_unless_a_newer_one_was_stored_before_it(binding, parts, clock):
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    planned = cache.get(binding, fill).credentials.issued_at
+    clock.advance(60)
+    assert not cache.refill(binding, fill, replacing=planned).from_cache and fill.calls == 2
+    # Planned on the first entry, but a request (or another run) renewed it since: that one is the answer.
+    clock.advance(60)
+    served = cache.refill(binding, fill, replacing=planned)
+    assert served.from_cache and served.source == "jti-2" and fill.calls == 2
+
+
+def test_refill_replacing_no_entry_takes_any_entry_stored_meanwhile(binding, parts, clock):
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    cache.get(binding, fill)
+    assert cache.refill(binding, fill, replacing=0).from_cache and fill.calls == 1
+
+
+# -- when a caller was last served an entry ----------------------------------------------------------
+
+def test_a_fill_for_a_caller_records_its_use_and_a_refill_keeps_it(binding, parts, clock):
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    cache.get(binding, fill)
+    assert store.items[binding.key]["last_used_at"] == NOW
+    clock.advance(600)
+    cache.refill(binding, fill)
+    assert store.items[binding.key]["last_used_at"] == NOW  # a refill is no caller's use
+
+
+def test_an_entry_nobody_was_served_records_no_use(binding, parts, clock):
+    store, kms, fill = parts
+    cache_of(store, kms, clock).refill(binding, fill)
+    assert "last_used_at" not in store.items[binding.key]
+
+
+def test_hits_record_their_use_once_per_interval_not_once_per_hit(binding, parts, clock):
+    store, kms, fill = parts
+    fill.lifetime = 12 * 3600
+    cache = cache_of(store, kms, clock)
+    cache.get(binding, fill)
+    writes = store.writes
+    for _ in range(720):  # a hit every 10 seconds for 2 hours
+        clock.advance(10)
+        assert cache.get(binding, fill).from_cache
+    # 720 hits, 7200 s: one write per USE_RECORDED_EVERY (900 s), the rest are reads only.
+    assert store.writes - writes == 7200 // USE_RECORDED_EVERY
+    assert store.items[binding.key]["last_used_at"] == NOW + 7200
+    assert fill.calls == 1
+
+
+def test_a_use_is_not_written_over_an_entry_another_fill_replaced(binding, parts, clock):
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    cache.get(binding, fill)
+    stale = store.cached_credentials(binding)
+    cache.refill(binding, fill)
+    store.mark_cached_credentials_used(binding, stale, int(clock()) + 900)
+    assert store.items[binding.key]["source"] == "jti-2"
+
+
+# -- an outage: the last good credentials, never expired ------------------------------------------
+
+def test_past_its_share_an_entry_is_served_while_the_cloud_is_unavailable_and_never_expired(binding, parts, clock):
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    first = cache.get(binding, fill)
+    fill.error = Throttled("the cloud is unavailable", "cloud_unavailable", 2)
+    clock.advance(1800)
+    kept = cache.get(binding, fill)
+    assert (kept.from_cache, kept.fallback, kept.source) == (True, "cloud_unavailable", first.source)
+    assert dict(kept.credentials.fields) == dict(first.credentials.fields)
+    clock.advance(1800 - EXPIRY_MARGIN - 1)
+    assert cache.get(binding, fill).fallback == "cloud_unavailable"
+    clock.advance(1)  # a minute before expiry: not any more
+    with pytest.raises(Throttled):
+        cache.get(binding, fill)
+
+
+def test_a_refusal_of_the_cloud_never_falls_back_to_the_last_credentials(binding, parts, clock):
+    from oidc_broker.errors import AccessDenied
+
+    store, kms, fill = parts
+    cache = cache_of(store, kms, clock)
+    cache.get(binding, fill)
+    fill.error = AccessDenied("the role no longer trusts the subject", "access_denied")
+    clock.advance(1800)
+    with pytest.raises(AccessDenied):
+        cache.get(binding, fill)
+
+
+def test_another_fill_outlasting_the_wait_is_answered_with_the_last_valid_credentials(binding, parts, clock):
+    store, kms, fill = parts
+    cache_of(store, kms, clock).get(binding, fill)
+    clock.advance(1800)
+    store.lock_credentials_fill(binding, "other", int(clock()), int(clock()) + 15)
+    kept = cache_of(store, kms, clock, wait=1.0, poll=0.25, sleep=clock.advance).get(binding, fill)
+    assert (kept.from_cache, kept.fallback, fill.calls) == (True, "fill_in_progress", 1)
+
+
+def test_an_entry_of_an_edited_target_is_never_a_fallback(binding, parts, clock):
+    store, kms, fill = parts
+    cache_of(store, kms, clock).get(binding, fill)
+    edited = bind(targets(session_duration=900))
+    fill.error = Throttled("the cloud is unavailable", "cloud_unavailable", 2)
+    with pytest.raises(Throttled):
+        cache_of(store, kms, clock).get(edited, fill)

@@ -1,4 +1,4 @@
-"""oidc_broker/keys.py: JWKs from KMS public keys, thumbprints, JWKS rendering, the key ring."""
+"""oidc_broker/keys.py: JWKs from KMS public keys, thumbprints, JWKS rendering, the seal, the key ring."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import base64
 
 import pytest
 from builders import Clock, public_der
+from keyring_fakes import SEAL_KEY, FakeKms, kms_error
 
 from oidc_broker import keys
-from oidc_broker.keys import ACTIVE, NEXT, RETIRED, KeyEntry
+from oidc_broker.keys import ACTIVE, LEGACY_PENDING, PENDING, RETIRED, REVOKED, KeyEntry
 
 # RFC 7638 section 3.1: the example RSA key and its SHA-256 thumbprint.
 RFC7638_N = (
@@ -35,7 +36,8 @@ def entry(kid: str, state: str, created_at: int = 0, **jwk_extra: str) -> KeyEnt
 
 def item(e: KeyEntry) -> dict:
     """A key ring entry as the store returns it."""
-    return {"kid": e.kid, "key_arn": e.key_arn, "state": e.state, "jwk": dict(e.jwk), "created_at": e.created_at}
+    return {"kid": e.kid, "key_arn": e.key_arn, "state": e.state, "jwk": dict(e.jwk), "created_at": e.created_at,
+            "seal": e.seal, "published_at": e.published_at, "activated_at": e.activated_at, "retired_at": e.retired_at}
 
 
 # -- JWKs and thumbprints -----------------------------------------------------------------------
@@ -90,14 +92,14 @@ def test_jwk_from_der_refuses_bytes_that_are_not_a_key():
 
 # -- JWKS rendering -----------------------------------------------------------------------------
 
-def test_render_jwks_publishes_next_active_and_retired_keys_only():
-    entries = [entry("a", ACTIVE), entry("n", NEXT), entry("r", RETIRED), entry("p", "pending"), entry("d", "disabled")]
-    assert sorted(k["kid"] for k in keys.render_jwks(entries)["keys"]) == ["a", "n", "r"]
+def test_render_jwks_publishes_pending_active_and_retired_keys_only():
+    entries = [entry("a", ACTIVE), entry("p", PENDING), entry("r", RETIRED), entry("v", REVOKED), entry("d", "disabled")]
+    assert sorted(k["kid"] for k in keys.render_jwks(entries)["keys"]) == ["a", "p", "r"]
 
 
-def test_render_jwks_lists_the_signing_key_first_then_next_then_retired():
-    entries = [entry("r", RETIRED, 1), entry("n", NEXT, 3), entry("a", ACTIVE, 2)]
-    assert [k["kid"] for k in keys.render_jwks(entries)["keys"]] == ["a", "n", "r"]
+def test_render_jwks_lists_the_signing_key_first_then_pending_then_retired():
+    entries = [entry("r", RETIRED, 1), entry("p", PENDING, 3), entry("a", ACTIVE, 2)]
+    assert [k["kid"] for k in keys.render_jwks(entries)["keys"]] == ["a", "p", "r"]
 
 
 def test_render_jwks_lists_newer_keys_first_within_a_state():
@@ -116,12 +118,114 @@ def test_render_jwks_of_no_entries_is_an_empty_key_set():
 
 
 def test_signing_entry_is_the_newest_active_key():
-    entries = [entry("old", ACTIVE, 1), entry("new", ACTIVE, 5), entry("next", NEXT, 9)]
+    entries = [entry("old", ACTIVE, 1), entry("new", ACTIVE, 5), entry("next", PENDING, 9)]
     assert keys.signing_entry(entries).kid == "new"
 
 
 def test_signing_entry_is_none_without_an_active_key():
-    assert keys.signing_entry([entry("n", NEXT, 2), entry("r", RETIRED, 1)]) is None
+    assert keys.signing_entry([entry("n", PENDING, 2), entry("r", RETIRED, 1)]) is None
+
+
+# -- entries as the store holds them ----------------------------------------------------------------
+
+def test_an_entry_of_a_ring_from_before_rotation_reads_next_as_pending():
+    legacy = {k: v for k, v in item(entry("n", LEGACY_PENDING, 4)).items()
+              if k in ("kid", "key_arn", "state", "jwk", "created_at")}
+    read = KeyEntry.from_item(legacy)
+    assert (read.state, read.seal, read.since_published, read.since_active) == (PENDING, None, 4, 4)
+
+
+def test_an_entry_keeps_its_lifecycle_times():
+    read = KeyEntry.from_item(item(KeyEntry("k", "arn", RETIRED, {"n": "x"}, 1, "seal", 2, 3, 4)))
+    assert (read.published_at, read.activated_at, read.retired_at, read.since_published, read.since_active) == (2, 3, 4, 2, 3)
+
+
+def test_the_sealed_message_covers_the_immutable_fields_only():
+    base = entry("k", PENDING, 7)
+    moved = KeyEntry(base.kid, base.key_arn, ACTIVE, base.jwk, base.created_at, "s", 8, 9, None)
+    assert moved.sealed_message() == base.sealed_message()
+    for edited in (KeyEntry("k2", base.key_arn, PENDING, base.jwk, 7), KeyEntry("k", "arn:other", PENDING, base.jwk, 7),
+                   KeyEntry("k", base.key_arn, PENDING, {**base.jwk, "n": "other"}, 7),
+                   KeyEntry("k", base.key_arn, PENDING, base.jwk, 8)):
+        assert edited.sealed_message() != base.sealed_message()
+
+
+# -- the seal -----------------------------------------------------------------------------------
+
+def sealed(e: KeyEntry, kms: FakeKms) -> KeyEntry:
+    return KeyEntry(e.kid, e.key_arn, e.state, e.jwk, e.created_at, seal=keys.Seal(kms, SEAL_KEY).make(e))
+
+
+def test_a_sealed_entry_verifies():
+    kms = FakeKms()
+    assert keys.Seal(kms, SEAL_KEY).verifies(sealed(entry("a", ACTIVE), kms))
+
+
+def test_an_entry_without_a_seal_is_refused_without_asking_kms():
+    kms = FakeKms()
+    assert not keys.Seal(kms, SEAL_KEY).verifies(entry("a", ACTIVE))
+    assert kms.count("VerifyMac") == 0
+
+
+def test_a_seal_made_with_another_key_is_refused():
+    kms, other = FakeKms(), FakeKms()
+    other.mac_secrets["seal"] = b"someone else's secret"
+    assert not keys.Seal(kms, SEAL_KEY).verifies(sealed(entry("a", ACTIVE), other))
+
+
+def test_a_sealed_entry_edited_afterwards_is_refused():
+    kms = FakeKms()
+    good = sealed(entry("a", ACTIVE), kms)
+    edited = KeyEntry(good.kid, "arn:aws:kms:us-east-1:210987654321:key/outsider", good.state, good.jwk, good.created_at,
+                      seal=good.seal)
+    assert not keys.Seal(kms, SEAL_KEY).verifies(edited)
+
+
+@pytest.mark.parametrize("seal", ["not base64 !", "", "A" * 200])
+def test_a_malformed_seal_is_refused_without_asking_kms(seal):
+    kms = FakeKms()
+    e = entry("a", ACTIVE)
+    assert not keys.Seal(kms, SEAL_KEY).verifies(KeyEntry(e.kid, e.key_arn, e.state, e.jwk, e.created_at, seal=seal))
+    assert kms.count("VerifyMac") == 0
+
+
+def test_each_seal_is_verified_once_per_container():
+    kms = FakeKms()
+    seal, a = keys.Seal(kms, SEAL_KEY), sealed(entry("a", ACTIVE), kms)
+    assert all(seal.verifies(a) for _ in range(5))
+    assert kms.count("VerifyMac") == 1
+
+
+def test_a_warm_container_still_refuses_an_entry_edited_after_it_verified_the_original():
+    # Remembering by (kid, seal) alone would let the edited entry through.
+    kms = FakeKms()
+    seal, good = keys.Seal(kms, SEAL_KEY), sealed(entry("a", ACTIVE), kms)
+    assert seal.verifies(good)
+    edited = KeyEntry(good.kid, good.key_arn, good.state, {**good.jwk, "n": "attacker-modulus"}, good.created_at,
+                      seal=good.seal)
+    assert not seal.verifies(edited)
+
+
+def test_without_a_seal_key_nothing_verifies_and_nothing_can_be_sealed():
+    kms = FakeKms()
+    good = sealed(entry("a", ACTIVE), kms)
+    assert not keys.Seal(kms, "").verifies(good)
+    with pytest.raises(ValueError, match="KEY_RING_SEAL_KEY"):
+        keys.Seal(kms, "").make(good)
+
+
+def test_a_kms_failure_while_verifying_is_raised_not_taken_for_an_answer():
+    class Throttled(FakeKms):
+        def verify_mac(self, **kwargs):
+            raise kms_error("ThrottlingException")
+
+    kms = Throttled()
+    good = sealed(entry("a", ACTIVE), kms)
+    seal = keys.Seal(kms, SEAL_KEY)
+    with pytest.raises(Exception, match="ThrottlingException"):
+        seal.verifies(good)
+    kms.verify_mac = FakeKms.verify_mac.__get__(kms)  # KMS answers again: not remembered as refused
+    assert seal.verifies(good)
 
 
 # -- the key ring cache -------------------------------------------------------------------------
@@ -169,7 +273,7 @@ def test_key_ring_builds_entries_from_store_items():
 
 
 def test_key_ring_signing_key_and_jwks_come_from_its_entries():
-    ring = keys.KeyRing(FakeSource([entry("a", ACTIVE, 2), entry("n", NEXT, 3)]), Clock())
+    ring = keys.KeyRing(FakeSource([entry("a", ACTIVE, 2), entry("n", PENDING, 3)]), Clock())
     assert ring.signing_key().kid == "a"
     assert [k["kid"] for k in ring.jwks()["keys"]] == ["a", "n"]
 
@@ -178,174 +282,119 @@ def test_key_ring_has_no_signing_key_when_the_ring_is_empty():
     assert keys.KeyRing(FakeSource([]), Clock()).signing_key() is None
 
 
-# -- the KMS signer -----------------------------------------------------------------------------
-
-class FakeKms:
-    """KMS as `register` and `KmsSigner` use it: GetPublicKey and Sign."""
-
-    def __init__(self, public_keys: dict[str, bytes] | None = None):
-        self.public_keys = public_keys or {}
-        self.sign_calls: list[dict] = []
-
-    def get_public_key(self, KeyId):
-        return {"KeyId": KeyId, "PublicKey": self.public_keys[KeyId]}
-
-    def sign(self, **kwargs):
-        self.sign_calls.append(kwargs)
-        return {"Signature": b"signature-of-" + kwargs["Message"]}
+def test_key_ring_publishes_a_legacy_next_key_as_pending():
+    ring = keys.KeyRing(FakeSource([entry("a", ACTIVE, 2), entry("n", LEGACY_PENDING, 3)]), Clock())
+    assert [(e.kid, e.state) for e in ring.entries()] == [("a", ACTIVE), ("n", PENDING)]
+    assert [k["kid"] for k in ring.jwks()["keys"]] == ["a", "n"]
 
 
-def test_kms_signer_signs_the_raw_message_with_pkcs1_sha256():
-    kms = FakeKms()
-    signature = keys.KmsSigner(kms).sign("arn:key", b"header.payload")
-    assert signature == b"signature-of-header.payload"
-    assert kms.sign_calls == [{"KeyId": "arn:key", "Message": b"header.payload", "MessageType": "RAW",
-                               "SigningAlgorithm": "RSASSA_PKCS1_V1_5_SHA_256"}]
+# -- only entries the stack sealed ----------------------------------------------------------------
 
-
-# -- registering keys ---------------------------------------------------------------------------
-
-class FakeStore:
-    def __init__(self, *entries: KeyEntry):
-        self.items = [item(e) for e in entries]
-        self.added: list[tuple] = []
-
-    def key_ring(self) -> list[dict]:
-        return [dict(i) for i in self.items]
-
-    def add_key(self, kid, key_arn, state, jwk, created_at) -> bool:
-        self.added.append((kid, key_arn, state, jwk, created_at))
-        self.items.append({"kid": kid, "key_arn": key_arn, "state": state, "jwk": jwk, "created_at": created_at})
-        return True
-
-
-ARN = "arn:aws:kms:us-east-1:123456789012:key/new"
-
-
-def test_register_makes_the_first_key_active(rsa_key):
-    store, kms = FakeStore(), FakeKms({ARN: public_der(rsa_key)})
-    registered = keys.register(store, kms, ARN, now=1000)
-    jwk = keys.jwk_from_der(public_der(rsa_key))
-    assert registered == KeyEntry(jwk["kid"], ARN, ACTIVE, jwk, 1000)
-    assert store.added == [(jwk["kid"], ARN, ACTIVE, jwk, 1000)]
-
-
-def test_register_adds_a_key_as_next_when_one_is_active(rsa_key):
-    store, kms = FakeStore(entry("old", ACTIVE)), FakeKms({ARN: public_der(rsa_key)})
-    assert keys.register(store, kms, ARN, now=1000).state == NEXT
-    assert store.added[0][2] == NEXT
-
-
-def test_register_makes_a_key_active_when_the_ring_has_only_next_and_retired_keys(rsa_key):
-    store, kms = FakeStore(entry("n", NEXT), entry("r", RETIRED)), FakeKms({ARN: public_der(rsa_key)})
-    assert keys.register(store, kms, ARN, now=1000).state == ACTIVE
-
-
-def test_register_is_idempotent_and_keeps_the_stored_state(rsa_key):
-    kid = keys.jwk_from_der(public_der(rsa_key))["kid"]
-    existing = KeyEntry(kid, ARN, RETIRED, keys.jwk_from_der(public_der(rsa_key)), 5)
-    store, kms = FakeStore(entry("a", ACTIVE), existing), FakeKms({ARN: public_der(rsa_key)})
-    assert keys.register(store, kms, ARN, now=1000) == existing
-    assert store.added == []
-
-
-def test_registering_twice_adds_the_key_once(rsa_key):
-    store, kms = FakeStore(), FakeKms({ARN: public_der(rsa_key)})
-    first = keys.register(store, kms, ARN, now=1000)
-    second = keys.register(store, kms, ARN, now=2000)
-    assert (len(store.added), second) == (1, first)
-
-
-def test_register_refuses_a_non_rsa_kms_key(ec_key):
-    store = FakeStore()
-    with pytest.raises(ValueError, match="RSA"):
-        keys.register(store, FakeKms({ARN: public_der(ec_key)}), ARN, now=1000)
-    assert store.added == []
-
-
-# -- only the stack's own keys --------------------------------------------------------------------
-
-STACK_ARN = "arn:aws:kms:us-east-1:123456789012:key/stack"
 OUTSIDER_ARN = "arn:aws:kms:us-east-1:210987654321:key/outsider"
 
 
-def own(kid: str, state: str, created_at: int = 0, key_arn: str = STACK_ARN) -> KeyEntry:
-    e = entry(kid, state, created_at)
-    return KeyEntry(e.kid, key_arn, e.state, e.jwk, e.created_at)
+def sealed_ring(kms: FakeKms, *entries: KeyEntry, ttl: float = 60, clock=None):
+    return keys.KeyRing(FakeSource(list(entries)), clock or Clock(), ttl=ttl, seal=keys.Seal(kms, SEAL_KEY))
 
 
-def test_key_ring_does_not_publish_an_entry_of_a_key_the_stack_did_not_create():
-    ring = keys.KeyRing(FakeSource([own("a", ACTIVE), own("x", NEXT, key_arn=OUTSIDER_ARN)]), Clock(),
-                        key_arns={STACK_ARN})
+def test_key_ring_does_not_publish_an_unsealed_entry():
+    kms = FakeKms()
+    ring = sealed_ring(kms, sealed(entry("a", ACTIVE), kms), entry("x", PENDING))
     assert [k["kid"] for k in ring.jwks()["keys"]] == ["a"]
 
 
-def test_key_ring_never_signs_with_a_key_the_stack_did_not_create():
-    # A newer active entry naming another key would otherwise become the signing key.
-    ring = keys.KeyRing(FakeSource([own("a", ACTIVE, 1), own("x", ACTIVE, 9, key_arn=OUTSIDER_ARN)]), Clock(),
-                        key_arns={STACK_ARN})
+def test_key_ring_never_signs_with_an_entry_the_stack_did_not_seal():
+    # A newer active entry would otherwise become the signing key.
+    kms = FakeKms()
+    forged = KeyEntry("x", OUTSIDER_ARN, ACTIVE, entry("x", ACTIVE).jwk, 9, seal=keys.b64url(b"\0" * 32))
+    ring = sealed_ring(kms, sealed(entry("a", ACTIVE, 1), kms), forged)
     assert ring.signing_key().kid == "a"
 
 
 def test_key_ring_reports_what_it_refused_and_why():
-    outsider = own("x", NEXT, key_arn=OUTSIDER_ARN)
-    ring = keys.KeyRing(FakeSource([own("a", ACTIVE), outsider]), Clock(), key_arns={STACK_ARN})
+    kms = FakeKms()
+    good = sealed(entry("a", ACTIVE), kms)
+    unsealed = entry("x", PENDING)
+    edited = KeyEntry(good.kid + "2", good.key_arn, RETIRED, good.jwk, good.created_at, seal=good.seal)
+    ring = sealed_ring(kms, good, unsealed, edited)
     ring.entries()
-    assert ring.refused() == [(outsider, keys.UNKNOWN_KEY)]
+    assert ring.refused() == [(unsealed, keys.UNKNOWN_KEY), (edited, keys.BAD_SEAL)]
 
 
-def test_key_ring_of_only_foreign_keys_is_empty_and_not_cached():
-    source = FakeSource([own("x", ACTIVE, key_arn=OUTSIDER_ARN)], [own("a", ACTIVE)])
-    ring = keys.KeyRing(source, Clock(), key_arns={STACK_ARN})
+def test_key_ring_of_only_unsealed_entries_is_empty_and_not_cached():
+    kms = FakeKms()
+    source = FakeSource([entry("x", ACTIVE)], [sealed(entry("a", ACTIVE), kms)])
+    ring = keys.KeyRing(source, Clock(), seal=keys.Seal(kms, SEAL_KEY))
     assert ring.jwks() == {"keys": []}
     assert [e.kid for e in ring.entries()] == ["a"]
     assert source.calls == 2
 
 
-def test_key_ring_with_no_trusted_key_publishes_nothing():
-    ring = keys.KeyRing(FakeSource([own("a", ACTIVE)]), Clock(), key_arns=())
+def test_a_warm_key_ring_reloads_the_store_but_asks_kms_nothing():
+    kms, clock = FakeKms(), Clock()
+    ring = sealed_ring(kms, sealed(entry("a", ACTIVE), kms), sealed(entry("p", PENDING), kms), clock=clock)
+    ring.entries()
+    for _ in range(3):
+        clock.advance(60)
+        ring.entries()
+    assert kms.count("VerifyMac") == 2  # one per entry, at the first read
+
+
+# -- the KMS signer -----------------------------------------------------------------------------
+
+def test_kms_signer_signs_the_raw_message_with_pkcs1_sha256(rsa_key):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    kms = FakeKms()
+    arn = kms.add_key(rsa_key)
+    signature = keys.KmsSigner(kms).sign(arn, b"header.payload")
+    rsa_key.public_key().verify(signature, b"header.payload", padding.PKCS1v15(), hashes.SHA256())
+    assert kms.calls == ["Sign"]
+
+
+def test_public_entry_reads_the_jwk_from_kms(rsa_key):
+    kms = FakeKms()
+    arn = kms.add_key(rsa_key)
+    made = keys.public_entry(kms, arn, ACTIVE, 1000)
+    jwk = keys.jwk_from_der(public_der(rsa_key))
+    assert made == KeyEntry(jwk["kid"], arn, ACTIVE, jwk, 1000, published_at=1000, activated_at=1000)
+    assert keys.public_entry(kms, arn, PENDING, 5).activated_at is None
+
+
+def test_public_entry_refuses_a_non_rsa_kms_key(ec_key):
+    class EcKms(FakeKms):
+        def get_public_key(self, KeyId):
+            return {"PublicKey": public_der(ec_key)}
+
+    with pytest.raises(ValueError, match="RSA"):
+        keys.public_entry(EcKms(), "arn:ec", ACTIVE, 1)
+
+
+# -- the functions' wiring ------------------------------------------------------------------------
+
+def test_runtime_key_ring_fails_closed_without_the_seal_variable(monkeypatch):
+    from oidc_broker import runtime
+
+    kms = FakeKms()
+    monkeypatch.delenv("KEY_RING_SEAL_KEY", raising=False)
+    ring = runtime.key_ring(FakeSource([sealed(entry("a", ACTIVE), kms)]), kms)
     assert (ring.jwks(), ring.signing_key()) == ({"keys": []}, None)
 
 
-def test_key_ring_trusts_every_key_named_in_key_arns():
-    other = "arn:aws:kms:us-east-1:123456789012:key/rotated-in"
-    ring = keys.KeyRing(FakeSource([own("a", ACTIVE, 2), own("n", NEXT, 3, key_arn=other)]), Clock(),
-                        key_arns={STACK_ARN, other})
-    assert [k["kid"] for k in ring.jwks()["keys"]] == ["a", "n"]
-    assert ring.refused() == []
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, frozenset()),
-        ("", frozenset()),
-        (STACK_ARN, frozenset({STACK_ARN})),
-        (f" {STACK_ARN} ,{OUTSIDER_ARN},", frozenset({STACK_ARN, OUTSIDER_ARN})),
-    ],
-    ids=["unset", "empty", "one", "list"],
-)
-def test_runtime_reads_the_stacks_signing_keys_from_the_environment(monkeypatch, value, expected):
+def test_runtime_key_ring_publishes_what_the_seal_variable_vouches_for(monkeypatch):
     from oidc_broker import runtime
 
-    if value is None:
-        monkeypatch.delenv("SIGNING_KEY_ARNS", raising=False)
-    else:
-        monkeypatch.setenv("SIGNING_KEY_ARNS", value)
-    assert runtime.signing_key_arns() == expected
-
-
-def test_runtime_key_ring_fails_closed_without_the_variable(monkeypatch):
-    from oidc_broker import runtime
-
-    monkeypatch.delenv("SIGNING_KEY_ARNS", raising=False)
-    ring = runtime.key_ring(FakeSource([own("a", ACTIVE)]))
-    assert (ring.jwks(), ring.signing_key()) == ({"keys": []}, None)
-
-
-def test_runtime_key_ring_trusts_the_keys_the_variable_names(monkeypatch):
-    from oidc_broker import runtime
-
-    monkeypatch.setenv("SIGNING_KEY_ARNS", STACK_ARN)
-    ring = runtime.key_ring(FakeSource([own("a", ACTIVE), own("x", NEXT, key_arn=OUTSIDER_ARN)]))
+    kms = FakeKms()
+    monkeypatch.setenv("KEY_RING_SEAL_KEY", SEAL_KEY)
+    ring = runtime.key_ring(FakeSource([sealed(entry("a", ACTIVE), kms), entry("x", PENDING)]), kms)
     assert [k["kid"] for k in ring.jwks()["keys"]] == ["a"]
+
+
+def test_runtime_key_ring_caches_for_the_lifecycles_ring_ttl(monkeypatch):
+    from oidc_broker import runtime
+
+    kms = FakeKms()
+    monkeypatch.setenv("KEY_RING_SEAL_KEY", SEAL_KEY)
+    monkeypatch.setenv("KEY_RING_TTL", "2")
+    assert runtime.key_ring(FakeSource([]), kms)._ttl == 2

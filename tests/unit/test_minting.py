@@ -25,7 +25,7 @@ def gcp_document() -> dict:
     doc = config_doc()
     space_doc(doc)["targets"].append({
         "name": "gar", "kind": "feed", "provider": "gcp", "audience": "gcp-audience",
-        "subject": ["space", "project", "environment", "feed"],
+        "subject": ["space", "project", "environment", "feed"], "gcp": {"registry": "gcr.io"},
     })
     space_doc(doc)["trust"].append({
         "name": "gar", "issuer": "ci", "claims": {"repository": "acme/app"}, "targets": ["gar"],

@@ -461,7 +461,8 @@ def test_settings_for_another_cloud_are_refused():
 
 
 def test_a_target_may_name_its_own_audience():
-    assert _only_target(name="x", kind="feed", provider="gcp", audience="my-audience").audience == "my-audience"
+    assert _only_target(name="x", kind="feed", provider="gcp", audience="my-audience",
+                        gcp={"registry": "gcr.io"}).audience == "my-audience"
 
 
 @pytest.mark.parametrize("lifetime, seconds", [(60, 60), (3600, 3600), ("90s", 90), ("10m", 600), ("1h", 3600), ("600", 600)])

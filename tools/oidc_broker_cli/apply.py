@@ -65,3 +65,30 @@ def apply(document: dict[str, Any], source: str, store: Any, *, issuer: str | No
         raise ApplyError(f"{source}: issuer: is {config.issuer}, but this deployment's issuer is {expected}")
     store.put_config(document, source, int(time.time() if now is None else now))
     return config
+
+
+def refreshable_refs(document: Any) -> set[str]:
+    """The <space>/<target> a configuration document marks `refresh: true`, read defensively (an
+    earlier applied document is only data here)."""
+    refs = set()
+    spaces = document.get("spaces") if isinstance(document, dict) else None
+    for space in spaces if isinstance(spaces, list) else []:
+        targets = space.get("targets") if isinstance(space, dict) else None
+        for target in targets if isinstance(targets, list) else []:
+            if isinstance(target, dict) and target.get("refresh") is True:
+                refs.add(f"{space.get('name')}/{target.get('name')}")
+    return refs
+
+
+def warm_hint(previous: dict[str, Any] | None, config: config_module.Config) -> str | None:
+    """For targets that now have `refresh: true` and had not in the configuration applied before:
+    the command that warms their cache at once (the schedule does within a run)."""
+    from oidc_broker.refresh import refreshable
+
+    before = refreshable_refs(previous["document"]) if previous else set()
+    new = [t.ref for t in refreshable(config) if t.ref not in before]
+    if not new:
+        return None
+    targets = " ".join(f"--target {ref}" for ref in new)
+    return (f"refresh: true is new for {', '.join(new)}: the scheduled refresh warms their cached credentials on "
+            f"its next run; to warm them now: oidc-broker refresh {targets} [--stack NAME]")

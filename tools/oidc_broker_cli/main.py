@@ -150,6 +150,20 @@ def cmd_keys_jwks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`keys list | rotate | revoke`: the rotation function's report, in a deployment or local mode (keys.py)."""
+    from . import keys
+
+    return keys.run(args, project_root)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """`refresh`: the refresh function's report, in a deployment or local mode (refresh.py)."""
+    from . import refresh
+
+    return refresh.run(args, project_root)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
@@ -177,6 +191,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     try:
         document = apply_module.read(Path(args.file))
         store = Store(boto3.client("dynamodb"), table)
+        previous = store.get_config()
         config = apply_module.apply(document, args.file, store, issuer=args.issuer,
                                     allow_loopback_http=args.allow_loopback_http)
     except (apply_module.ApplyError, config_module.ConfigError) as e:
@@ -190,6 +205,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 2
     print_warnings(config, args.file)
     print(f"applied {args.file} to {table}: issuer {config.issuer}")
+    if line := apply_module.warm_hint(previous, config):
+        print(line)
     return 0
 
 
@@ -277,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", help="the DynamoDB table (default: $TABLE_NAME)")
     p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_keys_jwks)
+    from . import keys as keys_module
+
+    keys_module.add_parsers(keys_sub, cmd_keys)
+
+    from . import refresh as refresh_module
+
+    refresh_module.add_parser(sub, cmd_refresh)
 
     p = sub.add_parser("audit", help="who obtained credentials for a target, newest first")
     p.add_argument("--target", required=True, help="<space>/<target>")

@@ -72,6 +72,11 @@ class Template:
         handler = props.get("Handler", self.globals.get("Handler"))
         return self.root / code_uri, handler
 
+    def timeout(self, logical_id: str) -> int:
+        """A function's Timeout in seconds: its own, else Globals', else Lambda's default (3)."""
+        props = self.resources[logical_id]["Properties"]
+        return int(props.get("Timeout", self.globals.get("Timeout", 3)))
+
     def routes(self) -> list[Route]:
         routes = []
         for name, resource in self.of_type("AWS::Serverless::Function").items():
@@ -97,6 +102,9 @@ class Template:
                     continue
                 props = event.get("Properties") or {}
                 expression = props.get("Schedule" if kind == "Schedule" else "ScheduleExpression", "")
+                if isinstance(expression, dict):  # a parameter's Ref: local mode runs with the defaults
+                    defaults = {name: self.parameter_default(name) for name in self.doc.get("Parameters", {})}
+                    expression = self.resolve(expression, defaults)
                 default_name = f"{stack}-{function}{event_id}" if kind == "Schedule" else f"{function}{event_id}"
                 state = props.get("State", "ENABLED")
                 enabled = props.get("Enabled", True) is not False and state != "DISABLED"

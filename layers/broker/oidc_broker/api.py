@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl
 
 from .discovery import TOKEN_EXCHANGE
 from .errors import BrokerError, InvalidRequest, InvalidTarget, ServerError, Unauthorized, UnsupportedGrantType, quoted
-from .tokens import ISSUED_TOKEN_TYPE
+from .tokens import ISSUED_TOKEN_TYPE, b64url
 
 if TYPE_CHECKING:
     from .clouds import Credentials
@@ -105,6 +106,14 @@ def token_request(event: dict[str, Any]) -> TokenRequest:
 
 
 def json_response(status: int, payload: Any, *, cache_control: str = "no-store", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return _json_response(status, _json_body(payload), cache_control=cache_control, headers=headers)
+
+
+def _json_body(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def _json_response(status: int, body: str, *, cache_control: str, headers: dict[str, str] | None) -> dict[str, Any]:
     return {
         "statusCode": status,
         "headers": {
@@ -113,9 +122,29 @@ def json_response(status: int, payload: Any, *, cache_control: str = "no-store",
             "X-Content-Type-Options": "nosniff",
             **(headers or {}),
         },
-        "body": json.dumps(payload, separators=(",", ":")),
+        "body": body,
         "isBase64Encoded": False,
     }
+
+
+def cacheable_json_response(event: dict[str, Any], payload: Any, *, max_age: int) -> dict[str, Any]:
+    """A public document with `Cache-Control: public, max-age` and a strong ETag (a hash of the body);
+    304 with no body, and the same two headers, when the request's If-None-Match names that ETag."""
+    body = _json_body(payload)
+    etag = '"' + b64url(hashlib.sha256(body.encode()).digest()[:18]) + '"'
+    cache_control = f"public, max-age={max_age}"
+    if _none_match(header(event, "if-none-match"), etag):
+        return {"statusCode": 304, "headers": {"Cache-Control": cache_control, "ETag": etag}, "body": "",
+                "isBase64Encoded": False}
+    return _json_response(200, body, cache_control=cache_control, headers={"ETag": etag})
+
+
+def _none_match(value: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*` or a list of entity tags, compared weakly (a W/ prefix is ignored)."""
+    if not value or len(value) > 4096:
+        return False
+    tags = [t.strip() for t in value.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
 def error_response(error: BrokerError) -> dict[str, Any]:

@@ -12,7 +12,12 @@ fingerprint of the target's settings, so an edited target never serves credentia
 It never stores or logs a plaintext secret, and decides nothing about callers: every caller is
 authorized before the cache is asked, and `refill` (work without a caller: a scheduled refresh)
 takes the same lease as a request's fill. How long an entry is served comes from the target's
-`refresh_at` setting, which every cloud's description supplies with a default.
+`refresh_at` setting, which every cloud's description supplies with a default. Past it, a request
+whose fill fails for want of the cloud (a 5xx: an outage, throttling, another fill still running)
+is served the entry it had while that is still valid, never within EXPIRY_MARGIN of its expiry
+and never after. An entry records when a caller was last served it (`last_used_at`, rewritten at
+most every USE_RECORDED_EVERY seconds, not on every hit): the scheduled refresh renews subjects
+taken from callers' claims only while callers use them.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clouds import Credentials
-from .errors import Throttled
+from .errors import BrokerError, Throttled
 from .model import Binding, Target
 
 PURPOSE = "oidc-broker credential cache"
@@ -38,6 +43,8 @@ WAIT = 5.0  # how long a concurrent miss waits for the fill before answering 503
 POLL = 0.1
 DATA_KEYS_KEPT = 32
 KMS_RETRY_AFTER = 2
+USE_RECORDED_EVERY = 900  # a hit rewrites the entry's last_used_at once it is older than this
+EXPIRY_MARGIN = 60  # credentials are never served this close to their expiry (clock skew with the cloud)
 
 
 class CacheUnavailable(Throttled):
@@ -50,6 +57,7 @@ class Served:
     source: str  # jti of the broker token whose exchange obtained these credentials
     from_cache: bool
     not_stored: str | None = None  # why fresh credentials could not be cached (they are still served)
+    fallback: str | None = None  # why credentials past their refresh share were served: the fill's failure reason
 
 
 Fill = Callable[[], tuple[Credentials, str]]
@@ -92,34 +100,49 @@ class CredentialCache:
             credentials, source = fill()
             return Served(credentials, source, from_cache=False)
 
-        hit = self._fresh(binding, refresh_at)
+        hit = self._fresh(binding, refresh_at, used=True)
         if hit:
             return hit
-        return self._single_flight(binding, refresh_at, fill, since=None)
+        try:
+            return self._single_flight(binding, refresh_at, fill, since=None, recheck=True)
+        except BrokerError as error:
+            kept = self._kept(binding, error)
+            if kept is None:
+                raise
+            return kept
 
-    def refill(self, binding: Binding, fill: Fill) -> Served:
+    def refill(self, binding: Binding, fill: Fill, *, replacing: int | None = None) -> Served:
         """Obtain and store new credentials for `binding` whether or not its entry is still fresh,
         under the lease a request's fill takes; with no caller (a scheduled refresh). When another
-        filler stores an entry meanwhile, that entry is the answer and `fill` is not called."""
+        filler stores an entry while this waits for the lease, that entry is the answer and `fill`
+        is not called. `replacing` is the `issued_at` of the entry the refill was decided on (0:
+        there was none): an entry issued after it, stored before the lease was taken, is new
+        enough too. The entry's `last_used_at` is carried over: a refill is no caller's use."""
         refresh_at = float(binding.target.setting("refresh_at"))
         if refresh_at <= 0:  # this target is never cached: nothing to refill
             credentials, source = fill()
             return Served(credentials, source, from_cache=False)
-        return self._single_flight(binding, refresh_at, fill, since=int(self._clock()))
+        if replacing is None:
+            return self._single_flight(binding, refresh_at, fill, since=int(self._clock()), recheck=False)
+        return self._single_flight(binding, refresh_at, fill, since=int(replacing) + 1, recheck=True)
 
-    def _single_flight(self, binding: Binding, refresh_at: float, fill: Fill, since: int | None) -> Served:
+    def _single_flight(self, binding: Binding, refresh_at: float, fill: Fill, since: int | None,
+                       recheck: bool) -> Served:
         lock = self._lock(binding)
         waited = not lock.acquire(blocking=False)
         if waited:
             lock.acquire()
         try:
-            return self._fill(binding, refresh_at, fill, waited, since)
+            return self._fill(binding, refresh_at, fill, waited, since, recheck)
         finally:
             lock.release()
 
-    def _fill(self, binding: Binding, refresh_at: float, fill: Fill, waited: bool, since: int | None) -> Served:
+    def _fill(self, binding: Binding, refresh_at: float, fill: Fill, waited: bool, since: int | None,
+              recheck: bool) -> Served:
+        """A request's fill (`since` None) or a refill (only an entry issued since `since` will do);
+        `recheck`: an entry stored before the lease was taken may be the answer."""
         if waited:  # another thread of this process may have filled it meanwhile
-            hit = self._fresh(binding, refresh_at, since)
+            hit = self._fresh(binding, refresh_at, since, used=since is None)
             if hit:
                 return hit
         deadline = self._clock() + self._wait
@@ -129,14 +152,16 @@ class CredentialCache:
                 raise Throttled(f"another request is obtaining credentials for target {binding.target.ref!r}; "
                                 "try again shortly", "fill_in_progress", 1)
             self._sleep(self._poll)
-            hit = self._fresh(binding, refresh_at, since)
+            hit = self._fresh(binding, refresh_at, since, used=since is None)
             if hit:
                 return hit
         try:
-            if since is None:
-                hit = self._fresh(binding, refresh_at)  # filled just before we took the lease
-                if hit:
-                    return hit
+            item = self._store.cached_credentials(binding)
+            hit = recheck and self._serve(binding, item, refresh_at, since, used=since is None)
+            if hit:  # filled just before we took the lease
+                return hit
+            # A request is a caller's use; a refill keeps the last one.
+            last_used_at = int(self._clock()) if since is None else (item or {}).get("last_used_at")
             # The data key first: if KMS is unavailable, fail before anything is minted or exchanged.
             data_key = self._new_data_key(binding)
             credentials, source = fill()
@@ -145,7 +170,7 @@ class CredentialCache:
                 not_stored = "too little lifetime left to cache"
             else:
                 try:
-                    self._put(binding, credentials, source, data_key)
+                    self._put(binding, credentials, source, data_key, last_used_at)
                 except Exception as e:  # the cache only saves exchanges: still serve what we obtained
                     not_stored = f"the cache could not be written ({_code(e) or type(e).__name__})"
             return Served(credentials, source, from_cache=False, not_stored=not_stored)
@@ -153,9 +178,14 @@ class CredentialCache:
             self._store.unlock_credentials_fill(binding, self._owner)
 
     # -- reading -------------------------------------------------------------------------------
-    def _fresh(self, binding: Binding, refresh_at: float, since: int | None = None) -> Served | None:
-        """The entry while it is served (and, given `since`, only one issued since then)."""
-        item = self._store.cached_credentials(binding)
+    def _fresh(self, binding: Binding, refresh_at: float, since: int | None = None, *,
+               used: bool = False) -> Served | None:
+        """The entry while it is served (and, given `since`, only one issued since then); `used`: a
+        caller is served it."""
+        return self._serve(binding, self._store.cached_credentials(binding), refresh_at, since, used=used)
+
+    def _serve(self, binding: Binding, item: dict[str, Any] | None, refresh_at: float, since: int | None, *,
+               used: bool) -> Served | None:
         if not item or item.get("fingerprint") != fingerprint(binding.target):
             return None
         issued_at, expires_at = int(item["issued_at"]), int(item["expires_at"])
@@ -166,7 +196,41 @@ class CredentialCache:
         fields = self._open(binding, item)
         if fields is None:
             return None
+        if used:
+            self._record_use(binding, item)
         return Served(Credentials(fields, issued_at, expires_at), item["source"], from_cache=True)
+
+    def _kept(self, binding: Binding, error: BrokerError) -> Served | None:
+        """When a request's fill failed with a 5xx (the cloud unreachable or throttling, another fill
+        still running), the entry it had, past its refresh share but valid for EXPIRY_MARGIN more;
+        None for a refusal (a 4xx: the cloud's trust changed) or with nothing valid to serve."""
+        if error.status < 500:
+            return None
+        try:
+            item = self._store.cached_credentials(binding)
+            if not item or item.get("fingerprint") != fingerprint(binding.target):
+                return None
+            issued_at, expires_at = int(item["issued_at"]), int(item["expires_at"])
+            if self._clock() >= expires_at - EXPIRY_MARGIN:
+                return None
+            fields = self._open(binding, item)
+        except Exception:  # the table or KMS is failing too: the fill's own error is the answer
+            return None
+        if fields is None:
+            return None
+        self._record_use(binding, item)
+        return Served(Credentials(fields, issued_at, expires_at), item["source"], from_cache=True, fallback=error.reason)
+
+    def _record_use(self, binding: Binding, item: dict[str, Any]) -> None:
+        """Note that a caller was served `item`, when its note is older than USE_RECORDED_EVERY: one
+        write per entry per interval, not one per hit."""
+        now = int(self._clock())
+        if int(item.get("last_used_at", 0)) > now - USE_RECORDED_EVERY:
+            return
+        try:
+            self._store.mark_cached_credentials_used(binding, item, now)
+        except Exception:  # bookkeeping only: the caller is served regardless, the next hit writes it
+            pass
 
     def _open(self, binding: Binding, item: dict[str, Any]) -> dict[str, str] | None:
         from cryptography.exceptions import InvalidTag
@@ -205,7 +269,8 @@ class CredentialCache:
             raise _unavailable(e) from None
         return response["Plaintext"], response["CiphertextBlob"]
 
-    def _put(self, binding: Binding, credentials: Credentials, source: str, data_key: tuple[bytes, bytes]) -> None:
+    def _put(self, binding: Binding, credentials: Credentials, source: str, data_key: tuple[bytes, bytes],
+             last_used_at: int | None) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         key, blob = data_key
@@ -218,6 +283,8 @@ class CredentialCache:
             "nonce": os.urandom(12),
             "ttl": int(credentials.expires_at),
         }
+        if last_used_at is not None:  # not bound into the associated data: a use may be noted later
+            item["last_used_at"] = int(last_used_at)
         plaintext = json.dumps(dict(credentials.fields)).encode()  # the order the caller sees
         item["ciphertext"] = AESGCM(key).encrypt(item["nonce"], plaintext, _aad(binding, item))
         self._store.put_cached_credentials(binding, item)

@@ -63,12 +63,14 @@ class Exchange:
             self._broker.record(auth, token_jti=CACHED_PREFIX + served.source, expires_at=served.credentials.expires_at)
         return Outcome(auth, served)
 
-    def refill(self, binding: Binding, issuer: str, actor: Actor) -> Served:
+    def refill(self, binding: Binding, issuer: str, actor: Actor, *, replacing: int | None = None) -> Served:
         """New credentials for `binding`, stored in the cache under its lease, for `actor` (no caller):
-        a token is signed and its grant recorded as for a caller, and withdrawn if the cloud refuses."""
+        a token is signed and its grant recorded as for a caller, and withdrawn if the cloud refuses.
+        `replacing`: the issued_at of the entry to replace (cache.CredentialCache.refill)."""
         return self._cache.refill(binding, self._fill(issuer, binding, actor,
                                                       lambda lifetime: self._broker.sign(issuer, binding, actor,
-                                                                                     lifetime=lifetime)))
+                                                                                     lifetime=lifetime)),
+                                  replacing=replacing)
 
     def _fill(self, issuer: str, binding: Binding, actor: Actor, sign: Callable[[int | None], Issued | Signed]) -> Fill:
         """What the cache calls on a miss: sign (recording the grant), then exchange; `actor`'s subject

@@ -1,27 +1,40 @@
-"""Signing keys: the key ring's states, JWKS rendering, and the KMS signer.
+"""Signing keys: the key ring's states, the seal that vouches for each entry, JWKS rendering and the
+KMS signer.
 
-A key ring entry has a state; rotation only ever adds states to this list:
-  next     published in the JWKS, not yet signing (published before use)
-  active   published and signing
+A key ring entry has a state:
+  pending  published in the JWKS, not yet signing (published before use); rings written before
+           rotation call it `next`, which reads as pending
+  active   published and signing: exactly one
   retired  still published so tokens it signed stay verifiable, no longer signing
-Keys in any other state are not published, nor are entries of KMS keys the stack did not create
-(KeyRing's `key_arns`). The JWKS is rendered from the entries' stored public JWKs, so serving it
-needs no KMS call. `kid` is the RFC 7638 thumbprint, never the key ARN.
+  revoked  out of the JWKS at once; the rotation function disables its KMS key and removes it
+Whoever can write a ring item could name any key in it, so an entry counts only with its `seal`:
+an HMAC by the stack's seal key (KMS, GenerateMac) over the entry's immutable fields. Only the key
+ring and rotation functions may make one; the readers verify it (VerifyMac) once per container and
+publish or sign with nothing else. The JWKS is rendered from the entries' stored public JWKs, so
+serving it needs no signing-key call. `kid` is the RFC 7638 thumbprint, never the key ARN. Rotation
+(which entry moves when) is rotation.py's; this module never changes a state.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 from .tokens import ALG, b64url
 
-NEXT, ACTIVE, RETIRED = "next", "active", "retired"
-PUBLISHED_STATES = (NEXT, ACTIVE, RETIRED)
+PENDING, ACTIVE, RETIRED, REVOKED = "pending", "active", "retired", "revoked"
+NEXT = LEGACY_PENDING = "next"  # what rings written before rotation call a pending key
+PUBLISHED_STATES = (PENDING, ACTIVE, RETIRED)
 SIGNING_ALGORITHM = "RSASSA_PKCS1_V1_5_SHA_256"
+SEAL_ALGORITHM = "HMAC_SHA_256"
+# The lifecycle's caches (rotation.Lifecycle, runtime.lifecycle): the JWKS response's max-age and
+# each function's in-memory key ring cache, in seconds.
+JWKS_MAX_AGE, RING_TTL = 300, 60
 
 
 def _uint_b64(value: int) -> str:
@@ -54,11 +67,35 @@ class KeyEntry:
     state: str
     jwk: dict[str, str]
     created_at: int
+    seal: str | None = None
+    published_at: int | None = None  # when it entered the ring (published); None in older rings: created_at
+    activated_at: int | None = None
+    retired_at: int | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> KeyEntry:
+        """An entry from a store item; `next` reads as pending, unknown attributes are ignored."""
+        known = {f.name for f in fields(cls)}
+        entry = cls(**{k: v for k, v in item.items() if k in known})
+        return replace(entry, state=PENDING) if entry.state == LEGACY_PENDING else entry
+
+    @property
+    def since_published(self) -> int:
+        return self.created_at if self.published_at is None else self.published_at
+
+    @property
+    def since_active(self) -> int:
+        return self.created_at if self.activated_at is None else self.activated_at
+
+    def sealed_message(self) -> bytes:
+        """What the seal covers: the fields no transition changes, as canonical JSON."""
+        return json.dumps({"kid": self.kid, "key_arn": self.key_arn, "jwk": self.jwk, "created_at": self.created_at},
+                          separators=(",", ":"), sort_keys=True).encode()
 
 
 def render_jwks(entries: list[KeyEntry]) -> dict[str, list[dict[str, str]]]:
     """The JWKS: every published key, signing key first, each with only public members."""
-    order = {ACTIVE: 0, NEXT: 1, RETIRED: 2}
+    order = {ACTIVE: 0, PENDING: 1, RETIRED: 2}
     published = sorted((e for e in entries if e.state in PUBLISHED_STATES), key=lambda e: (order[e.state], -e.created_at))
     return {"keys": [{k: e.jwk[k] for k in ("kty", "kid", "use", "alg", "n", "e")} for e in published]}
 
@@ -72,25 +109,73 @@ class KeyRingSource(Protocol):
     def key_ring(self) -> list[dict[str, Any]]: ...
 
 
-UNKNOWN_KEY = "unknown_signing_key"
+UNKNOWN_KEY = "unknown_signing_key"  # no seal: not an entry the stack made
+BAD_SEAL = "invalid_seal"  # a seal that does not verify: forged, or the entry was edited
+
+
+class Seal:
+    """The stack's key ring seal: an HMAC (KMS HMAC_256 key) over each entry's immutable fields.
+
+    `make` seals (kms:GenerateMac: the key ring and rotation functions only); `verifies` checks
+    (kms:VerifyMac) and remembers each answer for the container's life, keyed by the sealed content
+    and the seal, so a warm container adds no KMS call and an edited entry is never mistaken for the
+    one verified before. Without a key (`key_id` empty) nothing verifies: fail closed.
+    """
+
+    def __init__(self, kms: Any, key_id: str):
+        self._kms = kms
+        self._key_id = key_id
+        self._verified: dict[tuple[bytes, str], bool] = {}
+
+    def make(self, entry: KeyEntry) -> str:
+        if not self._key_id:
+            raise ValueError("KEY_RING_SEAL_KEY is not set: the key ring cannot be sealed")
+        mac = self._kms.generate_mac(KeyId=self._key_id, Message=entry.sealed_message(), MacAlgorithm=SEAL_ALGORITHM)
+        return b64url(mac["Mac"])
+
+    def verifies(self, entry: KeyEntry) -> bool:
+        if not self._key_id or not entry.seal:
+            return False
+        message = entry.sealed_message()
+        remembered = (hashlib.sha256(message).digest(), entry.seal)
+        if remembered not in self._verified:
+            self._verified[remembered] = self._check(message, entry.seal)
+        return self._verified[remembered]
+
+    def _check(self, message: bytes, seal: str) -> bool:
+        try:
+            mac = base64.urlsafe_b64decode(seal + "=" * (-len(seal) % 4))
+        except (binascii.Error, ValueError):
+            return False
+        if not 1 <= len(mac) <= 64:
+            return False
+        try:
+            answer = self._kms.verify_mac(KeyId=self._key_id, Message=message, Mac=mac, MacAlgorithm=SEAL_ALGORITHM)
+        except Exception as e:
+            from .clouds.aws import error_code
+
+            # KMS says "invalid" by raising; anything else (throttling, access) is not an answer.
+            if error_code(e) == "KMSInvalidMacException":
+                return False
+            raise
+        return answer.get("MacValid") is True
 
 
 class KeyRing:
     """The key ring as a function sees it: read from the store, kept in memory `ttl` seconds.
 
-    With `key_arns` (the KMS keys the stack created) an entry naming any other key is refused:
-    neither published nor signed with. Whoever can write a ring item can name any key in it, so
-    the item alone proves nothing. `refused()` lists the entries of the last read that were left
-    out, for the shell to log. Without `key_arns` every entry counts (rings from a trusted source,
-    as in tests); the functions always pass the stack's keys (runtime.key_ring), empty when unset.
+    With a `seal`, an entry whose seal is missing or does not verify is refused: neither published
+    nor signed with. `refused()` lists the entries of the last read that were left out, for the
+    shell to log. Without a seal every entry counts (rings from a trusted source, as in tests); the
+    functions always pass the stack's (runtime.key_ring), which refuses everything when unset.
     """
 
-    def __init__(self, source: KeyRingSource, clock: Callable[[], float], ttl: float = 60.0, *,
-                 key_arns: Collection[str] | None = None):
+    def __init__(self, source: KeyRingSource, clock: Callable[[], float], ttl: float = RING_TTL, *,
+                 seal: Seal | None = None):
         self._source = source
         self._clock = clock
         self._ttl = ttl
-        self._key_arns = None if key_arns is None else frozenset(key_arns)
+        self._seal = seal
         self._entries: list[KeyEntry] | None = None
         self._refused: list[tuple[KeyEntry, str]] = []
         self._loaded_at = 0.0
@@ -98,7 +183,7 @@ class KeyRing:
     def entries(self) -> list[KeyEntry]:
         now = self._clock()
         if self._entries is None or now - self._loaded_at >= self._ttl:
-            entries, self._refused = self._admit(KeyEntry(**item) for item in self._source.key_ring())
+            entries, self._refused = admit((KeyEntry.from_item(item) for item in self._source.key_ring()), self._seal)
             # An empty ring is never cached: the next request looks again.
             if not entries:
                 return []
@@ -109,20 +194,26 @@ class KeyRing:
         """The entries the last read of the store left out, each with its reason."""
         return list(self._refused)
 
-    def _admit(self, entries: Iterable[KeyEntry]) -> tuple[list[KeyEntry], list[tuple[KeyEntry, str]]]:
-        admitted, refused = [], []
-        for entry in entries:
-            if self._key_arns is not None and entry.key_arn not in self._key_arns:
-                refused.append((entry, UNKNOWN_KEY))
-            else:
-                admitted.append(entry)
-        return admitted, refused
-
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         return render_jwks(self.entries())
 
     def signing_key(self) -> KeyEntry | None:
         return signing_entry(self.entries())
+
+
+def admit(entries: Iterable[KeyEntry], seal: Seal | None) -> tuple[list[KeyEntry], list[tuple[KeyEntry, str]]]:
+    """The entries `seal` vouches for, and the others with why they were left out (all, without a seal)."""
+    admitted, refused = [], []
+    for entry in entries:
+        if seal is None:
+            admitted.append(entry)
+        elif not entry.seal:
+            refused.append((entry, UNKNOWN_KEY))
+        elif not seal.verifies(entry):
+            refused.append((entry, BAD_SEAL))
+        else:
+            admitted.append(entry)
+    return admitted, refused
 
 
 class KmsSigner:
@@ -138,19 +229,8 @@ class KmsSigner:
         return response["Signature"]
 
 
-def register(store: Any, kms: Any, key_arn: str, now: int) -> KeyEntry:
-    """Put a KMS key into the key ring: active if the ring has no active key, else next.
-
-    Idempotent: a key already in the ring keeps its state.
-    """
-    der = kms.get_public_key(KeyId=key_arn)["PublicKey"]
-    jwk = jwk_from_der(der)
-    entries = [KeyEntry(**item) for item in store.key_ring()]
-    for entry in entries:
-        if entry.kid == jwk["kid"]:
-            return entry
-    state = NEXT if signing_entry(entries) else ACTIVE
-    if not store.add_key(jwk["kid"], key_arn, state, jwk, now):
-        # Registered by a concurrent call in the meantime: report what the ring holds.
-        return next(KeyEntry(**item) for item in store.key_ring() if item["kid"] == jwk["kid"])
-    return KeyEntry(jwk["kid"], key_arn, state, jwk, now)
+def public_entry(kms: Any, key_arn: str, state: str, now: int) -> KeyEntry:
+    """An unsealed entry for a KMS key, its JWK from GetPublicKey; published (and, if active, activated) now."""
+    jwk = jwk_from_der(kms.get_public_key(KeyId=key_arn)["PublicKey"])
+    return KeyEntry(jwk["kid"], key_arn, state, jwk, now, published_at=now,
+                    activated_at=now if state == ACTIVE else None)

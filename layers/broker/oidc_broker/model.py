@@ -48,6 +48,8 @@ class Target:
     subject_keys: tuple[str, ...]
     lifetime: int
     settings: Mapping[str, Any] = field(default_factory=dict)  # as configured, normalised
+    # Keep its cached credentials fresh on a schedule (refresh.py), so callers never wait on its cloud.
+    refresh: bool = False
     # From the cloud's description for this kind of target (validation fills them in); derived
     # from provider and kind, so they take no part in equality.
     defaults: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -42,3 +42,60 @@ def failed(logger: Any, metrics: Any, operation: str) -> dict[str, Any]:
     metrics.add_dimension(name="reason", value="unexpected")
     metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
     return api.unexpected_error()
+
+
+def refreshed(logger: Any, metrics: Any, report: Any) -> None:
+    """Log and count a refresh run (refresh.Report): a line per binding renewed or failed, one for the
+    run; `Refreshes` by target and outcome, `RefreshFailures`, and `RefreshMinRemaining` (seconds the
+    least fresh kept binding is still served from the cache) for the alarm. Times only, no credential."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    tally: dict[tuple[str, str], int] = {}
+    for result in report.results:
+        tally[(result.target, result.outcome)] = tally.get((result.target, result.outcome), 0) + 1
+        details = {"target": result.target, "subject": result.subject, "outcome": result.outcome,
+                   "reason": result.reason, "expires_at": result.expires_at, "served_until": result.served_until}
+        if result.outcome == "failed":
+            error = result.error
+            logger.error("refresh failed", extra=details,
+                         exc_info=(type(error), error, error.__traceback__) if error is not None else None)
+        elif result.outcome != "skipped":
+            logger.info(f"credentials {result.outcome}", extra=details)
+    # Per target and outcome in series of their own: the run's metrics below keep the service dimension only.
+    for (target, outcome), count in sorted(tally.items()):
+        with single_metric(name="Refreshes", unit=MetricUnit.Count, value=count,
+                           default_dimensions=metrics.default_dimensions) as metric:
+            metric.add_dimension(name="target", value=target)
+            metric.add_dimension(name="outcome", value=outcome)
+    counts = report.counts()
+    metrics.add_metric(name="RefreshFailures", unit=MetricUnit.Count, value=counts["failed"])
+    remaining = report.min_served_remaining()
+    if remaining is not None:
+        metrics.add_metric(name="RefreshMinRemaining", unit=MetricUnit.Seconds, value=remaining)
+    logger.info("refresh run", extra={**counts, "min_served_remaining": remaining,
+                                      "seconds": round(report.finished_at - report.started_at, 3)})
+
+
+def refresh_refused(logger: Any, metrics: Any, error: BrokerError) -> dict[str, str]:
+    """A refresh run that could not start (a bad request, the configuration, the table), logged and
+    counted as a refusal or failure; a failure also counts one `RefreshFailures` (service dimension
+    only) unless no configuration is applied yet: then there is nothing to refresh."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    if error.status >= 500 and error.reason != "no_config":
+        with single_metric(name="RefreshFailures", unit=MetricUnit.Count, value=1,
+                           default_dimensions=metrics.default_dimensions):
+            pass
+    refused(logger, metrics, error, "refresh")
+    return error.body()
+
+
+def refresh_failed(logger: Any, metrics: Any) -> dict[str, str]:
+    """An unexpected exception stopped a refresh run: logged with its traceback, counted as a failure."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    with single_metric(name="RefreshFailures", unit=MetricUnit.Count, value=1,
+                       default_dimensions=metrics.default_dimensions):
+        pass
+    failed(logger, metrics, "refresh")
+    return {"error": "server_error", "error_description": "the refresh failed unexpectedly; see its log"}

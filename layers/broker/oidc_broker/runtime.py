@@ -46,16 +46,85 @@ def store(boto3_session=None):
     return Store((boto3_session or session()).client("dynamodb"), os.environ["TABLE_NAME"])
 
 
-def signing_key_arns() -> frozenset[str]:
-    """The KMS keys this stack created (SIGNING_KEY_ARNS, comma-separated): the only ones trusted."""
-    return frozenset(arn.strip() for arn in os.environ.get("SIGNING_KEY_ARNS", "").split(",") if arn.strip())
+def seal(kms):
+    """The stack's key ring seal (KEY_RING_SEAL_KEY, the ARN of its HMAC key).
+
+    Unset means nothing verifies: nothing is published or signed (fail closed, 503)."""
+    from .keys import Seal
+
+    return Seal(kms, os.environ.get("KEY_RING_SEAL_KEY", "").strip())
 
 
-def key_ring(source=None):
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(name: str, default: int) -> int:
+    """A duration variable: seconds, or a number with s, m, h or d (the template sets `90d`)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    number, unit = value.rstrip("smhd"), value[len(value.rstrip("smhd")):]
+    if not number.isdigit() or unit not in _DURATION_UNITS or int(number) * _DURATION_UNITS[unit] <= 0:
+        raise ValueError(f"{name}={value!r}: must be a positive number of seconds, or with s, m, h or d")
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def jwks_max_age() -> int:
+    """JWKS_MAX_AGE: the JWKS response's Cache-Control max-age (seconds)."""
+    from .keys import JWKS_MAX_AGE
+
+    return _seconds("JWKS_MAX_AGE", JWKS_MAX_AGE)
+
+
+def ring_ttl() -> int:
+    """KEY_RING_TTL: how long each function keeps the key ring in memory (seconds)."""
+    from .keys import RING_TTL
+
+    return _seconds("KEY_RING_TTL", RING_TTL)
+
+
+def lifecycle():
+    """The signing keys' lifecycle: KEY_ROTATION_PERIOD and KEY_ROTATION_MARGIN with the two caches.
+
+    The one place these are read: the JWKS max-age, every key ring cache and the rotation plan follow it.
+    """
+    from .rotation import Lifecycle
+
+    defaults = Lifecycle()
+    return Lifecycle(period=_seconds("KEY_ROTATION_PERIOD", defaults.period), jwks_max_age=jwks_max_age(),
+                     ring_ttl=ring_ttl(), margin=_seconds("KEY_ROTATION_MARGIN", defaults.margin))
+
+
+def key_ring(source=None, kms=None, boto3_session=None):
+    """The key ring as readers see it: sealed entries only, cached for the lifecycle's ring_ttl."""
     from .keys import KeyRing
 
-    # Unset means no trusted key at all: nothing is published or signed (fail closed, 503).
-    return KeyRing(source or store(), time.time, key_arns=signing_key_arns())
+    if source is None or kms is None:
+        boto3_session = boto3_session or session()
+    return KeyRing(source or store(boto3_session), time.time, ttl=ring_ttl(),
+                   seal=seal(kms or boto3_session.client("kms")))
+
+
+def rotation(boto3_session=None):
+    """The key rotation: the ring, KMS and the key policy of the keys it creates, from the environment.
+
+    KEY_POLICY_SIGNERS (comma-separated role ARNs that sign), KEY_POLICY_READERS (roles that read
+    public keys) and KEY_POLICY_ROTATOR (the rotation function's role) name the principals;
+    STACK_NAME tags each key.
+    """
+    from .rotation import NewKeys, Rotation, account_root, signing_key_policy
+
+    def roles(name: str) -> list[str]:
+        return [arn.strip() for arn in os.environ.get(name, "").split(",") if arn.strip()]
+
+    # Unset, the rotation still reports and removes; creating a key then fails, saying what is missing.
+    rotator = os.environ.get("KEY_POLICY_ROTATOR", "").strip()
+    policy = signing_key_policy(account_root=account_root(rotator), signers=roles("KEY_POLICY_SIGNERS"),
+                                readers=roles("KEY_POLICY_READERS"), rotator=rotator) if rotator else None
+    boto3_session = boto3_session or session()
+    kms = boto3_session.client("kms")
+    return Rotation(store(boto3_session), kms, seal(kms), lifecycle(), time.time,
+                    NewKeys(policy=policy, stack=os.environ.get("STACK_NAME", "").strip()))
 
 
 def load_config(source) -> Config:
@@ -86,7 +155,7 @@ def broker(source=None, kms=None, boto3_session=None):
     return Broker(
         config=config_module.ConfigCache(lambda: load_config(source), time.time).get,
         issuer_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time, shared=source),
-        key_ring=key_ring(source),
+        key_ring=key_ring(source, kms),
         signer=KmsSigner(kms),
         store=source,
         clock=time.time,
@@ -111,3 +180,80 @@ def exchange(cloud: str, boto3_session=None):
         exchanger=description.exchanger(boto3_session),
         cache=CredentialCache(source, kms, os.environ["CACHE_KEY_ID"], time.time),
     )
+
+
+def deployment_issuer(source) -> str:
+    """The issuer URL with no request to derive it from (scheduled work): ISSUER_URL, else the one the
+    stack recorded in its table at deploy time."""
+    configured = os.environ.get("ISSUER_URL", "").rstrip("/")
+    if configured:
+        return configured
+    deployment = source.get_deployment()
+    if deployment is None:
+        raise ServerError("ISSUER_URL is not set and the table records no deployment issuer", "issuer_unknown")
+    return deployment["issuer"]
+
+
+def refresh_policy():
+    """The refresh's settings from the environment: REFRESH_SCHEDULE (the rule's rate expression),
+    REFRESH_SEEN_WITHIN (seconds), REFRESH_CONCURRENCY; defaults where unset or unreadable."""
+    from .refresh import DEFAULT_CONCURRENCY, DEFAULT_RATE, DEFAULT_SEEN_WITHIN, Policy, rate_seconds
+
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        return int(value) if value.isdigit() and int(value) > 0 else default
+
+    return Policy(rate=rate_seconds(os.environ.get("REFRESH_SCHEDULE", "")) or DEFAULT_RATE,
+                  seen_within=number("REFRESH_SEEN_WITHIN", DEFAULT_SEEN_WITHIN),
+                  concurrency=number("REFRESH_CONCURRENCY", DEFAULT_CONCURRENCY))
+
+
+class _SerialClients:
+    """A boto3 session whose `client()` calls take turns: a Session is not safe to make clients from
+    in several threads at once, and the refresh exchanges on a few threads."""
+
+    def __init__(self, boto3_session):
+        import threading
+
+        self._session = boto3_session
+        self._lock = threading.Lock()
+
+    def client(self, *args, **kwargs):
+        with self._lock:
+            return self._session.client(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+def refresher(boto3_session=None):
+    """The scheduled refresh: the applied configuration, the cache's entries and one Exchange per cloud
+    (built when a target of it is first renewed), sharing the broker and the cache; one session."""
+    import threading
+
+    from .cache import CredentialCache
+    from .clouds import CLOUDS
+    from .exchange import Exchange
+    from .refresh import Refresher
+
+    boto3_session = boto3_session or session()
+    source = store(boto3_session)
+    kms = boto3_session.client("kms")
+    shared_broker = broker(source, kms)
+    cache = CredentialCache(source, kms, os.environ["CACHE_KEY_ID"], time.time)
+    clients = _SerialClients(boto3_session)
+    exchanges: dict[str, Exchange] = {}
+    guard = threading.Lock()
+
+    def exchange_for(cloud: str) -> Exchange:
+        with guard:
+            if cloud not in exchanges:
+                description = CLOUDS[cloud]
+                if description.exchanger is None:
+                    raise ValueError(f"cloud {cloud!r} has no exchanger")
+                exchanges[cloud] = Exchange(broker=shared_broker, exchanger=description.exchanger(clients), cache=cache)
+            return exchanges[cloud]
+
+    return Refresher(config=lambda: load_config(source), issuer=lambda: deployment_issuer(source),
+                     entries=source.cache_entries, exchange_for=exchange_for, clock=time.time,
+                     policy=refresh_policy())

@@ -3,7 +3,8 @@
 Item layout (pk / sk):
   CONFIG / CURRENT                      the applied configuration document (JSON)
   DEPLOYMENT / CURRENT                  the deployment's issuer URL, recorded at every deploy
-  KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK
+  KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK, seal
+  KEYRING / STATE                       the key ring's version and a requested rotation
   ISSUERKEYS#<hash of issuer URL> / CURRENT
                                         a trusted issuer's last good key set, shared by containers;
                                         ttl = when the issuer served it + its max_key_set_age
@@ -21,6 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -124,8 +126,18 @@ class Store:
         )
 
     # -- key ring ----------------------------------------------------------------------------
+    # KEYRING / KEY#<kid>   one signing key: state, KMS key ARN, public JWK, seal, lifecycle times
+    # KEYRING / STATE       the ring's version (every change writes version + 1, conditionally on
+    #                       the version read: concurrent changes cannot both succeed) and a
+    #                       requested rotation's time
     def key_ring(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+        """The ring's keys, as items for keys.KeyEntry.from_item."""
+        return self.key_ring_state().keys
+
+    def key_ring_state(self) -> RingState:
+        """The ring's keys, version and requested rotation: one consistent Query of the partition."""
+        keys: list[dict[str, Any]] = []
+        version, requested = 0, None
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
@@ -135,36 +147,41 @@ class Store:
         while True:
             page = self._db.query(**kwargs)
             for item in page.get("Items", []):
-                items.append(
-                    {
-                        "kid": item["kid"]["S"],
-                        "key_arn": item["key_arn"]["S"],
-                        "state": item["state"]["S"],
-                        "jwk": json.loads(item["jwk"]["S"]),
-                        "created_at": int(item["created_at"]["N"]),
-                    }
-                )
+                if item["sk"]["S"] == RING_STATE_SK:
+                    version = int(item["version"]["N"])
+                    requested = int(item["rotate_requested_at"]["N"]) if "rotate_requested_at" in item else None
+                elif item["sk"]["S"].startswith(KEY_SK_PREFIX):
+                    keys.append(_key_from_item(item))
             if "LastEvaluatedKey" not in page:
-                return items
+                return RingState(keys, version, requested)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def add_key(self, kid: str, key_arn: str, state: str, jwk: dict[str, str], created_at: int) -> bool:
-        """Add a key to the ring unless its kid is there already; True when added."""
+    def change_key_ring(self, version: int, rotate_requested_at: int | None, *,
+                        put: Sequence[tuple[Any, tuple[str, ...]]] = (),
+                        delete: Sequence[tuple[str, tuple[str, ...]]] = ()) -> bool:
+        """Apply changes to the ring at once, if it is still at `version`; True when applied.
+
+        `put` is (keys.KeyEntry, the states the stored item must be in; () for a new key),
+        `delete` (kid, the states it must be in). One TransactWriteItems: every write or none.
+        """
+        actions: list[dict[str, Any]] = []
+        for entry, states in put:
+            action: dict[str, Any] = {"TableName": self._table, "Item": _key_item(entry)}
+            action.update(_state_condition(states))
+            actions.append({"Put": action})
+        for kid, states in delete:
+            actions.append({"Delete": {"TableName": self._table, "Key": _key_key(kid), **_state_condition(states)}})
+        state = {"pk": _s(KEYRING_PK), "sk": _s(RING_STATE_SK), "version": _n(version + 1)}
+        if rotate_requested_at is not None:
+            state["rotate_requested_at"] = _n(rotate_requested_at)
+        guard: dict[str, Any] = (
+            {"ConditionExpression": "attribute_not_exists(pk)"} if version == 0 else
+            {"ConditionExpression": "#version = :v", "ExpressionAttributeNames": {"#version": "version"},
+             "ExpressionAttributeValues": {":v": _n(version)}})
+        actions.append({"Put": {"TableName": self._table, "Item": state, **guard}})
         try:
-            self._db.put_item(
-                TableName=self._table,
-                Item={
-                    "pk": _s(KEYRING_PK),
-                    "sk": _s(f"KEY#{kid}"),
-                    "kid": _s(kid),
-                    "key_arn": _s(key_arn),
-                    "state": _s(state),
-                    "jwk": _s(json.dumps(jwk, sort_keys=True)),
-                    "created_at": _n(created_at),
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self._db.exceptions.ConditionalCheckFailedException:
+            self._db.transact_write_items(TransactItems=actions)
+        except (self._db.exceptions.TransactionCanceledException, self._db.exceptions.TransactionConflictException):
             return False
         return True
 
@@ -247,7 +264,8 @@ class Store:
 
     # -- credential cache ----------------------------------------------------------------------
     # CACHE#<space>/<target> / CREDENTIALS#<subject>   one envelope-encrypted credential set (no
-    #                                                  plaintext secret); ttl = its expiry
+    #                                                  plaintext secret); ttl = its expiry; the
+    #                                                  scheduled refresh queries the partition
     # CACHE#<space>/<target> / FILL#<subject>          the lease of the request obtaining it
     def cached_credentials(self, binding: Binding) -> dict[str, Any] | None:
         item = self._db.get_item(
@@ -260,6 +278,45 @@ class Store:
     def put_cached_credentials(self, binding: Binding, attributes: dict[str, str | int | bytes]) -> None:
         item = {**_cache_key(binding, CACHE_ENTRY), **{k: _attribute(v) for k, v in attributes.items()}}
         self._db.put_item(TableName=self._table, Item=item)
+
+    def mark_cached_credentials_used(self, binding: Binding, attributes: dict[str, str | int | bytes],
+                                     used_at: int) -> None:
+        """Write an entry back with `last_used_at`, the last time a caller was served it, unless another
+        fill replaced it meanwhile (its `source` differs, or it is gone)."""
+        item = {**_cache_key(binding, CACHE_ENTRY), **{k: _attribute(v) for k, v in attributes.items()},
+                "last_used_at": _n(used_at)}
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="#source = :source",
+                ExpressionAttributeNames={"#source": "source"},
+                ExpressionAttributeValues={":source": _s(str(attributes["source"]))},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            pass
+
+    def cache_entries(self, target: str) -> list[dict[str, Any]]:
+        """What each cached entry of `target` (<space>/<target>) says of itself, none of its secret parts:
+        `subject`, `fingerprint`, `issued_at`, `expires_at` and, once a caller was served it,
+        `last_used_at`. One Query of the target's partition (paged), no Scan."""
+        entries: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :entry)",
+            "ExpressionAttributeValues": {":pk": _s(_cache_partition(target)), ":entry": _s(f"{CACHE_ENTRY}#")},
+            "ProjectionExpression": "sk, fingerprint, issued_at, expires_at, last_used_at",
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):
+                entry = {k: _value(v) for k, v in item.items() if k != "sk"}
+                entry["subject"] = item["sk"]["S"].removeprefix(f"{CACHE_ENTRY}#")
+                entries.append(entry)
+            if "LastEvaluatedKey" not in page:
+                return entries
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def lock_credentials_fill(self, binding: Binding, owner: str, now: int, lease_until: int) -> bool:
         """Take the fill lease unless another owner holds an unexpired one; True when taken."""
@@ -295,9 +352,67 @@ class Store:
 
 CACHE_ENTRY, CACHE_FILL = "CREDENTIALS", "FILL"
 
+KEY_SK_PREFIX, RING_STATE_SK = "KEY#", "STATE"
+_KEY_TIMES = ("published_at", "activated_at", "retired_at")
+
+
+@dataclass(frozen=True)
+class RingState:
+    keys: list[dict[str, Any]]
+    version: int  # 0: the ring has never been changed through change_key_ring
+    rotate_requested_at: int | None
+
+
+def _key_key(kid: str) -> dict[str, dict[str, str]]:
+    return {"pk": _s(KEYRING_PK), "sk": _s(f"{KEY_SK_PREFIX}{kid}")}
+
+
+def _key_item(entry: Any) -> dict[str, Any]:
+    item = {
+        **_key_key(entry.kid),
+        "kid": _s(entry.kid),
+        "key_arn": _s(entry.key_arn),
+        "state": _s(entry.state),
+        "jwk": _s(json.dumps(entry.jwk, sort_keys=True)),
+        "created_at": _n(entry.created_at),
+    }
+    if entry.seal:
+        item["seal"] = _s(entry.seal)
+    for name in _KEY_TIMES:
+        if getattr(entry, name) is not None:
+            item[name] = _n(getattr(entry, name))
+    return item
+
+
+def _key_from_item(item: dict[str, Any]) -> dict[str, Any]:
+    key = {
+        "kid": item["kid"]["S"],
+        "key_arn": item["key_arn"]["S"],
+        "state": item["state"]["S"],
+        "jwk": json.loads(item["jwk"]["S"]),
+        "created_at": int(item["created_at"]["N"]),
+        "seal": item["seal"]["S"] if "seal" in item else None,
+    }
+    for name in _KEY_TIMES:
+        key[name] = int(item[name]["N"]) if name in item else None
+    return key
+
+
+def _state_condition(states: tuple[str, ...]) -> dict[str, Any]:
+    """The condition that the item exists in one of `states`, or does not exist when `states` is empty."""
+    if not states:
+        return {"ConditionExpression": "attribute_not_exists(pk)"}
+    names = {f":s{i}": _s(state) for i, state in enumerate(states)}
+    return {"ConditionExpression": f"#state IN ({', '.join(names)})", "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": names}
+
+
+def _cache_partition(target: str) -> str:
+    return f"CACHE#{target}"
+
 
 def _cache_key(binding: Binding, kind: str) -> dict[str, dict[str, str]]:
-    return {"pk": _s(f"CACHE#{binding.target.ref}"), "sk": _s(f"{kind}#{binding.subject}")}
+    return {"pk": _s(_cache_partition(binding.target.ref)), "sk": _s(f"{kind}#{binding.subject}")}
 
 
 def _attribute(value: str | int | bytes) -> dict[str, Any]:

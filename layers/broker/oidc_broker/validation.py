@@ -187,7 +187,7 @@ def _parse_trusted_issuer(p: _Problems, item: object, path: str, allow_loopback_
 
 
 def _parse_targets(p: _Problems, value: object, path: str, space: str) -> dict[str, Target]:
-    known = {"name", "kind", "provider", "audience", "subject", "lifetime", *clouds.CLOUDS}
+    known = {"name", "kind", "provider", "audience", "subject", "lifetime", "refresh", *clouds.CLOUDS}
     targets: dict[str, Target] = {}
     for i, item in enumerate(p.items_of(value, path)):
         tpath = f"{path}[{i}]"
@@ -232,8 +232,17 @@ def _parse_targets(p: _Problems, value: object, path: str, space: str) -> dict[s
         if lifetime is None or not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
             p.add(f"{tpath}.lifetime", f"must be a duration from {MIN_LIFETIME}s to {MAX_LIFETIME}s (e.g. 600, 10m, 1h)")
             continue
-        targets[name] = Target(space, name, kind, provider, audience, keys, lifetime, settings,
-                               defaults=cloud.defaults(kind), max_subject_bytes=limit)
+        refresh = item.get("refresh", False)
+        if not isinstance(refresh, bool):
+            p.add(f"{tpath}.refresh", "must be true or false")
+            continue
+        target = Target(space, name, kind, provider, audience, keys, lifetime, settings, refresh=refresh,
+                        defaults=cloud.defaults(kind), max_subject_bytes=limit)
+        if refresh and not float(target.setting("refresh_at")) > 0:
+            # With refresh_at 0 nothing is served from the cache: credentials renewed ahead would go unused.
+            p.warn(f"{tpath}.refresh", f"has no effect with {provider}.refresh_at 0: the cache serves nothing, so "
+                                       "the scheduled refresh leaves this target alone")
+        targets[name] = target
     return targets
 
 

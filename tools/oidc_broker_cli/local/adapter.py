@@ -3,12 +3,15 @@
 Serves every HttpApi route of template.yaml by building its payload 2.0 event and invoking the
 route's function, plus what only local mode has: the development CI issuer (/_dev/ci), the
 custom resources' CloudFormation answers (/_local/cloudformation), scheduled functions fired on
-demand (/_local/schedule) and /openapi.json. It knows the broker only through `Broker`.
+demand (/_local/schedule), any function invoked with a JSON event as Lambda Invoke would
+(/_local/invoke: what `oidc-broker keys` uses without --stack) and /openapi.json. /_local answers
+loopback clients only. It knows the broker only through `Broker`.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import sys
 from http.server import BaseHTTPRequestHandler
@@ -16,11 +19,12 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from ..devci import PREFIX as DEV_CI_PREFIX
+from ..deployment import INVOKE_PREFIX
 from ..devci import DevCI
 from ..template import Route, Schedule
 from .aws import EmbeddedAws
 from .events import http_api_event
-from .functions import NotScheduled, result_json
+from .functions import NotScheduled, UnknownFunction, result_json
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 SCHEDULE_PREFIX = "/_local/schedule"
@@ -37,6 +41,7 @@ class Broker(Protocol):
 
     def invoke(self, logical_id: str, event: Any) -> Any: ...
     def fire(self, logical_id: str, event_id: str | None = None) -> tuple[Schedule, Any]: ...
+    def invoke_direct(self, logical_id: str, event: Any) -> Any: ...
     def openapi(self) -> dict[str, Any]: ...
 
 
@@ -75,6 +80,8 @@ def handler_for(broker: Broker) -> type[BaseHTTPRequestHandler]:
                 return self._send(413, {"message": "Request Entity Too Large"})
             body = self.rfile.read(length) if length else b""
             try:
+                if parts.path.startswith("/_local/") and not ipaddress.ip_address(self.client_address[0]).is_loopback:
+                    return self._send(403, {"message": "Forbidden: /_local answers loopback clients only"})
                 if parts.path.startswith(CLOUDFORMATION_PREFIX + "/") and self.command == "PUT":
                     broker.aws.record_response(parts.path.rsplit("/", 1)[1], json.loads(body))
                     return self._send(200, {})
@@ -84,6 +91,8 @@ def handler_for(broker: Broker) -> type[BaseHTTPRequestHandler]:
                     return self._dev_ci(parts.path[len(DEV_CI_PREFIX):], parts.query, body)
                 if parts.path == SCHEDULE_PREFIX or parts.path.startswith(SCHEDULE_PREFIX + "/"):
                     return self._schedule(parts.path[len(SCHEDULE_PREFIX):].strip("/"))
+                if parts.path == INVOKE_PREFIX or parts.path.startswith(INVOKE_PREFIX + "/"):
+                    return self._invoke(parts.path[len(INVOKE_PREFIX):].strip("/"), body)
                 for route in broker.routes:
                     params = route.match(self.command if self.command != "HEAD" else "GET", parts.path)
                     if params is None:
@@ -116,6 +125,25 @@ def handler_for(broker: Broker) -> type[BaseHTTPRequestHandler]:
                 return self._send(500, {"message": f"{function} failed on its scheduled event: {type(e).__name__}"})
             return self._send(200, {"function": schedule.function, "event": schedule.event,
                                     "result": result_json(result)})
+
+        def _invoke(self, function: str, body: bytes) -> None:
+            """POST <function> with a JSON event: the function's answer, as Lambda Invoke (RequestResponse) gives it."""
+            if self.command != "POST" or not function or "/" in function:
+                return self._send(404, {"message": f"Not Found: POST {INVOKE_PREFIX}/<FunctionLogicalId> with a JSON "
+                                                   "event invokes a function of template.yaml"})
+            try:
+                event = json.loads(body) if body.strip() else {}
+            except ValueError:
+                return self._send(400, {"message": "the body must be the JSON event to invoke the function with"})
+            try:
+                result = broker.invoke_direct(function, event)
+            except UnknownFunction as e:
+                return self._send(404, {"message": str(e)})
+            except Exception as e:  # the function failed: Lambda would answer FunctionError; say which
+                sys.stderr.write(f"local: {function} failed on an invocation: {type(e).__name__}: {e}\n")
+                return self._send(500, {"message": f"{function} failed: {type(e).__name__} (local mode's output has "
+                                                   "its log)"})
+            return self._send(200, {"function": function, "result": result_json(result)})
 
         def _dev_ci(self, path: str, query: str, body: bytes) -> None:
             dev = broker.dev_ci

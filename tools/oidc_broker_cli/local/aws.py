@@ -20,6 +20,10 @@ REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 STACK = "oidc-broker-local"
 TABLE_NAME = "oidc-broker-local"
+# `oidc-broker local`'s key lifecycle, through the variables the template sets from its parameters:
+# shortened so that `oidc-broker keys rotate` takes effect within seconds (publication delay = JWKS
+# max-age + key ring cache + margin). The rotation period stays the template's: keys never rotate unasked.
+LIFECYCLE = {"JWKS_MAX_AGE": "5", "KEY_RING_TTL": "2", "KEY_ROTATION_MARGIN": "3"}
 
 
 def free_port() -> int:
@@ -65,11 +69,12 @@ class EmbeddedAws:
         self._moto.stop()
 
     def provision(self, template: Template, issuer: str, invoke: Callable[[str, Any], Any],
-                  response_url: str) -> Any:
+                  response_url: str, overrides: dict[str, str] | None = None) -> Any:
         """Create the stack's table, keys and custom resources; the broker's Store on that table.
 
         `invoke` calls a function's handler; `response_url` is where custom resources PUT their
-        answer (`record_response` receives it, as CloudFormation's presigned URL would).
+        answer (`record_response` receives it, as CloudFormation's presigned URL would);
+        `overrides` are function variables set differently from the template's (LIFECYCLE).
         """
         import boto3
 
@@ -96,6 +101,10 @@ class EmbeddedAws:
                 "AWS::StackName": STACK, "AWS::Partition": "aws"}
         for key_id, key_arn in keys.items():
             refs[key_id] = refs[f"{key_id}.Arn"] = key_arn
+        # Each function's execution role, as SAM names it (<Function>Role): key policies name them.
+        for function in template.of_type("AWS::Serverless::Function"):
+            refs[f"{function}Role"] = f"{STACK}-{function}Role"
+            refs[f"{function}Role.Arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{STACK}-{function}Role"
         for name in template.doc.get("Parameters", {}):
             refs[name] = template.parameter_default(name)
         refs["IssuerUrl"] = issuer
@@ -105,6 +114,7 @@ class EmbeddedAws:
             variables = ((resource["Properties"].get("Environment") or {}).get("Variables")) or {}
             os.environ.update({k: template.resolve(v, refs) for k, v in variables.items()})
         os.environ["BROKER_ALLOW_LOOPBACK_HTTP"] = "true"
+        os.environ.update(overrides or {})
 
         from oidc_broker.store import Store
 

@@ -3,7 +3,8 @@
 Lambda runs each function in its own process. Here they share one, so each function gets its own
 lock (one warm container: one request at a time) and, when first imported, its own logger:
 Powertools keys its logger by service name, and functions would otherwise share keys mid-request.
-Scheduled functions are fired on demand with the event their schedule would send.
+Scheduled functions are fired on demand with the event their schedule would send, and any function
+is invoked with an event of the caller's as Lambda Invoke would (an unknown one: UnknownFunction).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class NotScheduled(LookupError):
     """The function named has no such schedule in the template (the message says what there is)."""
 
 
+class UnknownFunction(LookupError):
+    """No function of the template has that logical id (the message names those there are)."""
+
+
 class Functions:
     def __init__(self, template: Template):
         self.template = template
@@ -40,7 +45,7 @@ class Functions:
             handler = self._handlers.get(logical_id)
             if handler is None:
                 handler = self._handlers[logical_id] = self._load(logical_id)
-            return handler(event, LambdaContext(logical_id))
+            return handler(event, LambdaContext(logical_id, self.template.timeout(logical_id)))
 
     def schedule(self, logical_id: str, event_id: str | None = None) -> Schedule:
         """The schedule to fire: the function's only one, or the one under `event_id`."""
@@ -70,6 +75,10 @@ class Functions:
         return schedule, self.invoke(logical_id, event)
 
     def _load(self, logical_id: str) -> Callable:
+        functions = self.template.of_type("AWS::Serverless::Function")
+        if logical_id not in functions:
+            raise UnknownFunction(f"{logical_id} is not a function in {self.template.path.name}; "
+                                  f"its functions: {', '.join(functions)}")
         code_uri, spec = self.template.function(logical_id)
         module_name, func = spec.rsplit(".", 1)
         logging.Logger.manager.loggerDict.pop(os.environ.get("POWERTOOLS_SERVICE_NAME", "service_undefined"), None)
