@@ -6,13 +6,14 @@ import time
 
 from aws_lambda_powertools import Logger
 
-from oidc_broker import cfn, config, rotation, runtime
+from oidc_broker import cfn, config, observe, rotation, runtime
 
 logger = Logger()
 
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event, context):
+    observe.correlate(logger, event, context)
     request_type = event.get("RequestType")
     physical_id = event.get("PhysicalResourceId") or "key-ring"
     try:

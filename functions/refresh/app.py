@@ -16,6 +16,7 @@ refresher = runtime.refresher()
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event, context):
+    observe.correlate(logger, event, context)
     try:
         report = refresher.run(refresh.run_request(event),
                                time_left=lambda: context.get_remaining_time_in_millis() / 1000)

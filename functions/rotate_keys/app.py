@@ -9,7 +9,7 @@ KeyRotationAge, which the overdue alarm watches. Logs each transition by kid, ne
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from oidc_broker import runtime
+from oidc_broker import observe, runtime
 from oidc_broker.errors import BrokerError, InvalidRequest
 
 logger = Logger()
@@ -39,6 +39,7 @@ def outcome_of(event):
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event, context):
+    observe.correlate(logger, event, context)
     try:
         outcome = outcome_of(event)
     except BrokerError as e:

@@ -217,3 +217,27 @@ def test_a_closed_pipe_is_one_line_and_exit_2(local):
         os.close(write)
     assert result.returncode == 2
     assert result.stderr == "oidc-broker keys list: output cut short: the reading end of the pipe closed\n"
+
+
+
+KID_WITH_A_DASH = "-SsdVcdOuhF_aygBvYwXq8W0w3hGkQJ3ZfJx9n2pLkE"  # thumbprints are base64url: '-' may lead
+
+
+def test_a_kid_that_starts_with_a_dash_is_the_kid_not_an_option():
+    from oidc_broker_cli.keys import kid_arguments
+
+    kid = KID_WITH_A_DASH
+    assert kid_arguments(["keys", "revoke", kid, "--yes"]) == ["keys", "revoke", "--yes", "--", kid]
+    assert kid_arguments(["keys", "revoke", "--yes", kid, "--stack", "s"]) == ["keys", "revoke", "--yes", "--stack", "s",
+                                                                                 "--", kid]
+    assert kid_arguments(["keys", "revoke", "--", kid]) == ["keys", "revoke", "--", kid]
+    assert kid_arguments(["keys", "revoke", "plainKid", "--yes"]) == ["keys", "revoke", "plainKid", "--yes"]
+    assert kid_arguments(["keys", "list", kid]) == ["keys", "list", kid]
+
+
+def test_the_cli_parses_a_kid_that_starts_with_a_dash(tmp_path, monkeypatch, capsys):
+    from oidc_broker_cli.main import main
+
+    monkeypatch.setenv("OIDC_BROKER_LOCAL_RECORD", str(tmp_path / "none.json"))
+    assert main(["keys", "revoke", KID_WITH_A_DASH, "--yes"]) == 2  # parsed: it got as far as finding local mode
+    assert capsys.readouterr().err.startswith("oidc-broker keys revoke: local mode is not running")

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -334,3 +337,30 @@ def test_ecr_refuses_an_expired_password(local, monkeypatch):
     later(monkeypatch, local.wiring(AwsWiring).ecr_tokens, 13 * 3600)  # ECR's tokens live 12 h
     outcome = login(local.registry_address(HOSTS["prod-ecr"]), "AWS", body["password"])
     assert not outcome.ok and outcome.status == 403 and outcome.error["code"] == "DENIED"
+
+
+# -- the docker CLI itself, where it is installed (it needs no engine for `docker login`) --------
+
+DOCKER = shutil.which("docker")
+
+
+@pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
+@pytest.mark.parametrize(("cloud", "target", "host"), [("aws", "prod-ecr", HOSTS["prod-ecr"]),
+                                                       ("azure", "prod-acr", "acme.azurecr.io"),
+                                                       ("gcp", "prod-gar", "europe-docker.pkg.dev")])
+def test_the_docker_cli_logs_in_with_what_the_exchange_returned_and_not_with_anything_else(local, tmp_path, cloud,
+                                                                                          target, host):
+    body = credentials(local, cloud, target)
+    address = local.registry_address(host)
+
+    def docker_login(password: str) -> subprocess.CompletedProcess:
+        return subprocess.run([DOCKER, "login", address, "-u", body["username"], "--password-stdin"],
+                              input=password, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DOCKER_CONFIG": str(tmp_path / "docker")})
+
+    done = docker_login(body["password"])
+    assert done.returncode == 0 and "Login Succeeded" in done.stdout, done.stderr
+    stored = json.loads((tmp_path / "docker" / "config.json").read_text())["auths"][address]["auth"]
+    assert base64.b64decode(stored).decode() == f"{body['username']}:{body['password']}"
+    refused = docker_login(body["password"][:-4] + ("AAAA" if not body["password"].endswith("AAAA") else "BBBB"))
+    assert refused.returncode != 0

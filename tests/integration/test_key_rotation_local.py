@@ -131,7 +131,9 @@ def test_keys_list_shows_the_signing_key_and_the_lifecycle(rotating):
     assert result.stdout.startswith(f"signing keys of local mode at {rotating.base_url}:")
     rep = report(rotating, "list")
     (active,) = in_state(rep, "active")
-    assert active in result.stdout and "  rotation period    90d:" in result.stdout
+    (pending,) = in_state(rep, "pending")  # published at start by the first scheduled run
+    assert active in result.stdout and pending in result.stdout and "  rotation period    90d:" in result.stdout
+    assert sorted(published(rotating)) == sorted([active, pending])
     assert rep["lifecycle"]["publication_delay"] < 60  # local mode's shortened lifecycle
     assert kid_of(minted(rotating)) == active
 
@@ -141,12 +143,20 @@ def test_rotate_publishes_the_next_key_before_it_signs_and_the_clouds_keep_accep
     (old,) = in_state(before, "active")
     clouds_accept(rotating)
 
+    # Local mode's first scheduled run published the next key at start, long enough ago to sign at
+    # once; revoked, a new next key takes its place, published now, so publish before use shows.
+    (published_at_start,) = in_state(before, "pending")
+    assert published_at_start in published(rotating)
+    revoked = keys(rotating, "revoke", published_at_start, "--yes")
+    assert revoked.returncode == 0, revoked.stderr
+    assert in_state(report(rotating, "list"), "pending") not in ([], [published_at_start])
+
     result = keys(rotating, "rotate")
     assert result.returncode == 0, result.stderr
     rep = report(rotating, "list")
     assert rep["effective_at"] and rep["effective_at"] > time.time() - 5
     (new,) = in_state(rep, "pending")
-    assert new != old and "publish before use" in result.stdout and new in result.stdout
+    assert new not in (old, published_at_start) and "publish before use" in result.stdout and new in result.stdout
     # Published before use: the next key is in the JWKS while tokens still carry the old one.
     until("the next key is published", lambda: new in published(rotating) and old in published(rotating))
     early = minted(rotating)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -203,6 +204,20 @@ def run(args: argparse.Namespace, root_of: Callable[[], Any], stdin: TextIO | No
     return 0
 
 
+KID = re.compile(r"-[A-Za-z0-9_-]{42}")  # an RFC 7638 SHA-256 thumbprint (43 base64url characters) led by '-'
+
+
+def kid_arguments(argv: list[str]) -> list[str]:
+    """`keys revoke -Ab…`: a thumbprint may start with '-', which argparse would read as options; such a
+    word (exactly a thumbprint's shape, which no option has) becomes the positional it is, after `--`."""
+    if argv[:2] != ["keys", "revoke"] or "--" in argv:
+        return argv
+    kids = [word for word in argv[2:] if KID.fullmatch(word)]
+    if len(kids) != 1:
+        return argv
+    return [word for word in argv if word != kids[0]] + ["--", kids[0]]
+
+
 def add_parsers(keys_sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     """`keys list`, `keys rotate` and `keys revoke` beside `keys jwks`, each running `func`."""
     common = argparse.ArgumentParser(add_help=False)
@@ -221,6 +236,6 @@ def add_parsers(keys_sub: Any, func: Callable[[argparse.Namespace], int]) -> Non
     p.set_defaults(func=func)
     p = keys_sub.add_parser("revoke", parents=[common], help="emergency: take a key out of the JWKS at once; the "
                                                             "pending key takes over if it was signing")
-    p.add_argument("kid", help="the key's kid (`oidc-broker keys list`)")
+    p.add_argument("kid", help="the key's kid (`oidc-broker keys list`), also one that starts with '-'")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=func)

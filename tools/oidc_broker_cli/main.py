@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("token", help="the token, or - to read it from standard input")
     p.set_defaults(func=cmd_decode)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(keys_module.kid_arguments(sys.argv[1:] if argv is None else list(argv)))
     return args.func(args)
 
 

@@ -51,10 +51,13 @@ def summary(report: dict[str, Any], deployment: Deployment, now: float) -> list[
     return lines
 
 
-def run(args: argparse.Namespace, root_of: Callable[[], Any], stdout: TextIO = sys.stdout,
-        stderr: TextIO = sys.stderr, clock: Callable[[], float] = time.time,
+def run(args: argparse.Namespace, root_of: Callable[[], Any], stdout: TextIO | None = None,
+        stderr: TextIO | None = None, clock: Callable[[], float] = time.time,
         deployment: Deployment | None = None) -> int:
-    """One `refresh` command; its exit code. `root_of` finds the project (local mode's record)."""
+    """One `refresh` command; its exit code. `root_of` finds the project (local mode's record).
+
+    The streams default to sys's at the call, not at import (a caller may have redirected them since)."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     event: dict[str, Any] = {"force": bool(args.force)}
     if args.target:
         event["targets"] = list(args.target)

@@ -12,6 +12,14 @@ from . import api
 from .errors import BrokerError
 
 
+def correlate(logger: Any, event: Any, context: Any) -> None:
+    """Give every line of an invocation that has no HTTP request a correlation id: the EventBridge
+    event's `id`, a CloudFormation request's `RequestId`, else the invocation's own request id
+    (a direct invoke, e.g. `oidc-broker keys`), which Lambda's own log lines carry too."""
+    named = (event.get("id") or event.get("RequestId")) if isinstance(event, dict) else None
+    logger.set_correlation_id(named if isinstance(named, str) and named else getattr(context, "aws_request_id", None))
+
+
 def caller_keys(caller: Any) -> dict[str, str]:
     """The log keys naming a verified caller."""
     return {"caller_issuer": caller.issuer.issuer, "caller_subject": caller.subject}

@@ -80,6 +80,8 @@ class LocalBroker:
         self.targets = [t.ref for s in config.spaces.values() for t in s.targets.values()]
         for wiring in self.wirings:
             wiring.trust(config)
+        if any(s.function == ROTATE_KEYS for s in self.schedules):
+            self.fire(ROTATE_KEYS)  # its first scheduled run: the next key published beside the stack's
 
     def invoke(self, logical_id: str, event: Any) -> Any:
         """Call a function's handler as Lambda would: one request at a time per function."""
