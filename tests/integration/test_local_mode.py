@@ -56,3 +56,19 @@ def test_local_mode_refuses_an_invalid_config_before_serving(tmp_path):
     assert process.returncode == 2
     assert "spaces[0].targets[0].kind: must be one of feed, account" in out
     assert "ready" not in out
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("sent", [b"[" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000, b"[]", b"\xff", b"{"])
+def test_the_development_ci_issuer_refuses_a_body_that_is_not_an_object_of_claims(local, sent):
+    response = local.http.post("/_dev/ci/token", content=sent)
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_request", "error_description": "body must be a JSON object of claims"}
+
+
+@pytest.mark.parametrize("sent", [b"[" * 100_000, b"{", b"\xff"])
+def test_invoking_a_function_with_a_body_that_is_not_json_is_a_400(local, sent):
+    response = local.http.post("/_local/invoke/RotateKeysFunction", content=sent)
+    assert response.status_code == 400 and "JSON event" in response.json()["message"]

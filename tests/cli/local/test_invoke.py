@@ -59,8 +59,10 @@ def test_invoke_is_post_to_one_function(served, method, path):
     assert status == 404 and "POST /_local/invoke/<FunctionLogicalId>" in body["message"]
 
 
-def test_invoke_refuses_a_body_that_is_not_json(served):
-    status, body = request(served.address, "POST", "/_local/invoke/RotateFunction", body=b"action=status")
+@pytest.mark.parametrize("sent", [b"action=status", b"[" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+                                  b"\xff\xfe{}", b'{"action": "status"'])
+def test_invoke_refuses_a_body_that_is_not_json(served, sent):
+    status, body = request(served.address, "POST", "/_local/invoke/RotateFunction", body=sent)
     assert status == 400 and "JSON event" in body["message"]
     assert served.broker.direct == []
 

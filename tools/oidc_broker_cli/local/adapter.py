@@ -45,6 +45,14 @@ class Broker(Protocol):
     def openapi(self) -> dict[str, Any]: ...
 
 
+def json_body(body: bytes) -> Any:
+    """A request body as JSON; ValueError for anything else, nesting too deep to parse included."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def handler_for(broker: Broker) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "oidc-broker-local"
@@ -132,7 +140,7 @@ def handler_for(broker: Broker) -> type[BaseHTTPRequestHandler]:
                 return self._send(404, {"message": f"Not Found: POST {INVOKE_PREFIX}/<FunctionLogicalId> with a JSON "
                                                    "event invokes a function of template.yaml"})
             try:
-                event = json.loads(body) if body.strip() else {}
+                event = json_body(body) if body.strip() else {}
             except ValueError:
                 return self._send(400, {"message": "the body must be the JSON event to invoke the function with"})
             try:
@@ -153,7 +161,7 @@ def handler_for(broker: Broker) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, dev.jwks())
             if path == "/token" and self.command == "POST":
                 try:
-                    overrides = json.loads(body or b"{}")
+                    overrides = json_body(body or b"{}")
                 except ValueError:
                     overrides = None
                 if not isinstance(overrides, dict):
