@@ -65,8 +65,11 @@ BUILD_RUNTIME ?= python$(shell $(PYTHON) -c 'import sys; print(f"{sys.version_in
 build: tools
 	$(TOOLS)/bin/sam build --parameter-overrides PythonRuntime=$(BUILD_RUNTIME)
 
+# Interactive by default; `make deploy CONFIG_ENV=ci` deploys without a question (samconfig.toml's
+# [ci] settings: no changeset confirmation, an empty changeset is no failure), for a pipeline. More
+# template parameters: PARAMS="IssuerUrl=https://id.example.com AlarmTopicArn=arn:aws:sns:…".
 deploy: build
-	$(TOOLS)/bin/sam deploy --guided --parameter-overrides PythonRuntime=$(BUILD_RUNTIME)
+	$(TOOLS)/bin/sam deploy $(if $(CONFIG_ENV),--config-env $(CONFIG_ENV),--guided) --parameter-overrides PythonRuntime=$(BUILD_RUNTIME) $(PARAMS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) $(CHECKOV) .aws-sam tests/interop/node_modules

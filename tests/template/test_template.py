@@ -736,11 +736,25 @@ def test_the_issuer_url_parameter_allows_only_https_without_trailing_slash(templ
 def test_build_and_deploy_use_the_same_runtime():
     # samconfig pins no runtime, so `sam build` and `sam deploy` both take the template's default;
     # the Makefile's build and deploy pass the same override.
-    config = tomllib.loads((REPO / "samconfig.toml").read_text())["default"]
-    assert all("PythonRuntime" not in str(section) for section in config.values())
+    environments = tomllib.loads((REPO / "samconfig.toml").read_text())
+    assert all("PythonRuntime" not in str(section) for config in environments.values() if isinstance(config, dict)
+               for section in config.values())
     makefile = (REPO / "Makefile").read_text()
     overrides = re.findall(r"sam (?:build|deploy)\b.*?(PythonRuntime=\S+)", makefile)
     assert len(overrides) == 2 and len(set(overrides)) == 1, overrides
+
+
+def test_the_ci_environment_deploys_the_same_stack_without_a_question():
+    environments = tomllib.loads((REPO / "samconfig.toml").read_text())
+    default, ci = environments["default"]["deploy"]["parameters"], environments["ci"]["deploy"]["parameters"]
+    assert ci["stack_name"] == default["stack_name"] and ci["capabilities"] == default["capabilities"]
+    assert ci["confirm_changeset"] is False and ci["fail_on_empty_changeset"] is False
+    dry = subprocess.run(["make", "-n", "deploy", "CONFIG_ENV=ci", "PARAMS=IssuerUrl=https://id.example.com"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    (line,) = [line for line in dry.splitlines() if "sam deploy" in line]
+    assert "--config-env ci" in line and "--guided" not in line and line.endswith("IssuerUrl=https://id.example.com")
+    interactive = subprocess.run(["make", "-n", "deploy"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "sam deploy --guided" in interactive
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "events").glob("*.json")), ids=lambda p: p.name)
