@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from localmode import EXCHANGE, JWT_TYPE, start_local, stop_local
 from hostile_issuer import HostileIssuer, b64, public_jwk
 from oidc_broker_cli.local import free_port
+from oidc_broker.callers import AUDIENCE_HOWTO
 
 FAULTY = ("slow", "huge", "empty", "redirect", "down", "rotating")
 
@@ -338,7 +339,8 @@ def test_a_refusal_names_the_check_but_no_rule_name_and_no_configured_value(brok
 
 def test_a_wrong_audience_names_only_the_brokers_own_issuer(broker, hostile):
     response = exchange(broker, hostile.sign(hostile.claims(broker.base_url, aud="https://elsewhere.example")))
-    assert response.json()["error_description"] == f"aud does not match: tokens for this broker must have aud {broker.base_url!r}"
+    assert response.json()["error_description"] == (f"aud does not match: tokens for this broker must have aud {broker.base_url!r}"
+                                                      + AUDIENCE_HOWTO.format(issuer=broker.base_url))
 
 
 def test_the_operators_log_keeps_each_rules_first_failure(broker, hostile):

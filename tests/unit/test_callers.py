@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oidc_broker import callers, config
-from oidc_broker.callers import IssuerKeys, VerifiedCaller
+from oidc_broker.callers import AUDIENCE_HOWTO, IssuerKeys, VerifiedCaller
 from oidc_broker.errors import InvalidGrant, InvalidRequest, Throttled
 from oidc_broker.subject import is_slug
 
@@ -947,7 +947,7 @@ def test_admit_reports_a_wrong_audience_with_the_brokers_public_issuer():
     cfg = rules_config(rule())
     refusal_ = admit_refusal(cfg, verified(cfg, aud="https://other.example.com"))
     assert (refusal_.reason, refusal_.description) == (
-        "audience_mismatch", f"aud does not match: tokens for this broker must have aud {BROKER!r}")
+        "audience_mismatch", f"aud does not match: tokens for this broker must have aud {BROKER!r}" + AUDIENCE_HOWTO.format(issuer=BROKER))
 
 
 def test_admit_never_reveals_a_rules_own_audience():

@@ -542,6 +542,14 @@ class RuleReport:
         return next((c for c in self.checks if not c.ok), None)
 
 
+# How a pipeline asks its CI for a token with the broker's audience: the fix for the first refusal
+# most users meet (the audience is the public issuer URL, so naming it reveals nothing).
+AUDIENCE_HOWTO = ("; request the CI token for that audience: GitHub Actions `core.getIDToken('{issuer}')` or "
+                  "`$ACTIONS_ID_TOKEN_REQUEST_URL&audience={issuer}` (with `permissions: id-token: write`), "
+                  "GitLab CI `id_tokens: {{OIDC_BROKER_ID_TOKEN: {{aud: '{issuer}'}}}}`; `oidc-broker login` does "
+                  "this itself")
+
+
 def _audience_ok(aud: Any, expected: str) -> bool:
     if isinstance(aud, str):
         return aud == expected
@@ -609,7 +617,8 @@ def admit(config: Config, caller: VerifiedCaller, target: Target) -> TrustRule:
     failed, rule = candidates[0].first_failure(), candidates[0].rule
     if failed.name == "aud":
         # The broker's own issuer is public (discovery); any other configured audience is not.
-        why = (f"tokens for this broker must have aud {config.issuer!r}" if rule.audience == config.issuer
+        why = (f"tokens for this broker must have aud {config.issuer!r}{AUDIENCE_HOWTO.format(issuer=config.issuer)}"
+               if rule.audience == config.issuer
                else f"not the audience the trust rules for target {target.ref!r} expect")
         raise InvalidGrant(f"aud does not match: {why}", "audience_mismatch", log=log)
     if failed.name.endswith(" value"):
