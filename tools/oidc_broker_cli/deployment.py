@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 RECORD_ENV = "OIDC_BROKER_LOCAL_RECORD"  # where local mode records itself, if not under the project root
 INVOKE_PREFIX = "/_local/invoke"
@@ -205,3 +205,58 @@ def find(stack: str | None, region: str | None, profile: str | None, root: Path)
     except botocore.exceptions.BotoCoreError as e:  # ProfileNotFound
         raise DeploymentError(str(e)) from None
     return StackDeployment(session, stack)
+
+
+class TableDeployment(NamedTuple):
+    """The broker's table as a command that reads or writes it directly finds it."""
+
+    dynamodb: Any  # a boto3 DynamoDB client
+    table: str
+    issuer: str | None  # the deployment's issuer, when its stack outputs or local mode's record name it
+    local_url: str | None = None  # local mode's base URL (what `${local_url}` in a configuration stands for)
+
+
+def _session(region: str | None, profile: str | None) -> Any:
+    import boto3
+    import botocore.exceptions
+
+    try:
+        return boto3.Session(profile_name=profile, region_name=region)
+    except botocore.exceptions.BotoCoreError as e:  # ProfileNotFound
+        raise DeploymentError(str(e)) from None
+
+
+def table_deployment(table: str | None, stack: str | None, region: str | None, profile: str | None,
+                     root: Path) -> TableDeployment:
+    """The table a command names: `--table` (or $TABLE_NAME), else `--stack` (its outputs TableName
+    and IssuerUrl), else the running local mode's record (its table in the embedded AWS).
+
+    Nothing is called yet but CloudFormation for a stack: an unreachable table fails at first use.
+    A client that cannot be made (no region) raises botocore's error, for the caller to say what it
+    was reading."""
+    if table and stack:
+        raise DeploymentError("name the deployment with --table or with --stack, not both")
+    if table:
+        session = _session(region, profile)
+        return TableDeployment(session.client("dynamodb"), table, None)
+    if stack:
+        session = _session(region, profile)
+        deployment = StackDeployment(session, stack)
+        name = deployment.outputs.get("TableName")
+        if not name:
+            raise DeploymentError(f"{deployment.name} has no output TableName: deploy this version of the template "
+                                  "(sam deploy) first, or name the table with --table")
+        return TableDeployment(session.client("dynamodb"), name, deployment.issuer)
+    if region or profile:
+        raise DeploymentError("--region and --profile name where a stack is: give --stack NAME (or --table) too")
+    record = LocalRecord.read(record_path(root))
+    if record is None or not record.alive():
+        raise DeploymentError(f"{NOT_RUNNING}, or the table with --table / TABLE_NAME")
+    import boto3
+
+    from .local.aws import REGION
+
+    # Local mode's embedded AWS takes any credentials; never a real account's.
+    client = boto3.client("dynamodb", endpoint_url=record.aws_endpoint, region_name=REGION,
+                          aws_access_key_id="local", aws_secret_access_key="local")
+    return TableDeployment(client, record.table, record.issuer, record.url)

@@ -7,8 +7,17 @@ from typing import Any
 import yaml
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    pass
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """The same key twice in one mapping; its mark is the second one's line and column."""
+
+
+def describe(error: yaml.YAMLError) -> str:
+    """A YAML error in one line for the person fixing the file: `line L, column C: what is wrong`."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}{f' ({context})' if context and context not in problem else ''}"
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -21,9 +30,18 @@ def _mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in result:
-            raise DuplicateKeyError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+            raise DuplicateKeyError(problem=f"duplicate key {key!r} (also at line {_line_of(key, node)})",
+                                    problem_mark=key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=deep)
     return result
+
+
+def _line_of(key: Any, node: yaml.MappingNode) -> int:
+    """The line of `key`'s first occurrence in the mapping."""
+    for key_node, _ in node.value:
+        if key_node.value == key or key_node.value == str(key):
+            return key_node.start_mark.line + 1
+    return node.start_mark.line + 1
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)

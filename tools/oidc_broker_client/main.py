@@ -23,7 +23,8 @@ DISTRIBUTION = "oidc-broker"
 OPERATOR_EXTRA = "operator"
 INSTALL_OPERATOR = f"pip install '{DISTRIBUTION}[{OPERATOR_EXTRA}]'"
 # The operator CLI's commands, named when it cannot be imported (tests/client keeps this in step with it).
-OPERATOR_COMMANDS = ("validate", "apply", "local", "explain", "trust-policy", "keys", "refresh", "audit", "decode")
+OPERATOR_COMMANDS = ("validate", "apply", "local", "explain", "trust-policy", "keys", "refresh", "audit", "decode",
+                     "targets", "preview-subject", "doctor")
 
 
 def client_parser() -> argparse.ArgumentParser:
