@@ -6,7 +6,7 @@ CHECKOV := .venv-checkov
 PORT   ?= 3000
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test unit bench venv tools checkov interop lock build deploy clean
+.PHONY: run test unit bench venv tools checkov interop lock build deploy clean events
 
 venv: $(VENV)/.installed
 tools: $(TOOLS)/.installed
@@ -48,6 +48,11 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 
 run: venv
 	$(VENV)/bin/oidc-broker local --config $(CONFIG) --port $(PORT)
+
+# With local mode running (`make run`): a fresh token from its development CI issuer in each sample
+# event that carries one (events/token.json, events/exchange_*.json), for `sam local invoke -e`.
+events: venv
+	$(VENV)/bin/python -m oidc_broker_cli.local.samlocal events
 
 test: venv tools checkov interop
 	$(VENV)/bin/pytest

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from oidc_broker import keys, rotation
 from oidc_broker.clouds import Backoff
 from oidc_broker.keys import ACTIVE, PENDING, RETIRED, KeyEntry
 from oidc_broker.store import Store
 from oidc_broker_cli.local import free_port
+from oidc_broker_cli.local.aws import moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 LIFE = rotation.Lifecycle(period=1000, jwks_max_age=5, ring_ttl=2, max_token_lifetime=60, margin=1)
@@ -33,7 +33,7 @@ T0 = 1_800_000_000
 @pytest.fixture(scope="module")
 def endpoint():
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = moto_server(port)
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()

@@ -7,10 +7,10 @@ import threading
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from oidc_broker.store import AlreadyUsed, Grant, Store
 from oidc_broker_cli.local import free_port
+from oidc_broker_cli.local.aws import moto_server
 
 # moto keeps one state per process, shared by every server it runs: a name of this module's own.
 TABLE = "store-concurrency"
@@ -19,7 +19,7 @@ TABLE = "store-concurrency"
 @pytest.fixture(scope="module")
 def endpoint():
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = moto_server(port)
     server.start()
     url = f"http://127.0.0.1:{port}"
     client(url).create_table(
@@ -36,20 +36,21 @@ def client(url: str):
                         aws_access_key_id="t", aws_secret_access_key="t")
 
 
-def grant(token_jti: str, target: str = "default/prod-ecr") -> Grant:
-    return Grant(caller_issuer="https://ci.example.com", caller_subject="repo:acme/app", caller_jti="jti-1",
+def grant(token_jti: str, target: str = "default/prod-ecr", caller_jti: str = "jti-1") -> Grant:
+    return Grant(caller_issuer="https://ci.example.com", caller_subject="repo:acme/app", caller_jti=caller_jti,
                  trust_rule="main", target=target, subject="space:default:feed:prod-ecr", audience="sts.amazonaws.com",
                  token_jti=token_jti, issued_at=1_800_000_000, token_expires_at=1_800_000_600, keep_until=1_900_000_000)
 
 
-def test_concurrent_double_spends_of_one_caller_token_record_exactly_one_grant(endpoint):
+@pytest.mark.parametrize("round_", range(5))
+def test_concurrent_double_spends_of_one_caller_token_record_exactly_one_grant(endpoint, round_):
     start = threading.Barrier(16)
 
     def spend(i: int) -> bool:
         store = Store(client(endpoint), TABLE)  # one client per "container"
         start.wait()
         try:
-            store.record_grant(grant(f"minted-{i}"))
+            store.record_grant(grant(f"minted-{round_}-{i}", caller_jti=f"race-{round_}"))
             return True
         except AlreadyUsed:
             return False

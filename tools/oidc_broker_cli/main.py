@@ -200,7 +200,19 @@ def cmd_trust_policy(args: argparse.Namespace) -> int:
         setup = cloud.trust_setup(config.issuer, target, subjects)
     except TrustSetupError as e:
         raise CommandError(str(e)) from None
-    emit(setup)  # JSON either way: it is what the cloud takes
+    if args.format == "json":
+        emit(setup)  # JSON either way: it is what the cloud takes
+        return 0
+    from .trust import TrustFormatError, render
+
+    try:
+        text = render(cloud.name, args.format, setup, target, config.issuer)
+    except TrustFormatError as e:
+        raise CommandError(str(e)) from None
+    if args.output == "json":
+        emit({"target": target.ref, "format": args.format, "text": text})
+    else:
+        print(text)
     return 0
 
 
@@ -432,9 +444,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any, Any]:
     p.add_argument("cloud", choices=[name for name, cloud in CLOUDS.items() if cloud.trust_setup is not None],
                    help="the target's cloud")
     p.add_argument("--target", required=True, help="<space>/<target>")
+    p.add_argument("--format", choices=("json", "commands", "terraform", "cloudformation"), default="json",
+                   help="json: the setup as the cloud's API takes it (default); commands: the cloud's CLI "
+                        "(aws, az, gcloud); terraform; cloudformation (AWS only)")
     p.add_argument("--config", help="configuration file, or - for standard input (default: the one applied)")
     add_deployment(p)
-    add_output(p, "the same JSON (the policy is JSON either way)")
+    add_output(p, "the setup JSON (with --format json), else {target, format, text}")
     p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_trust_policy)
 

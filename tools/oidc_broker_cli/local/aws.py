@@ -32,6 +32,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def moto_server(port: int) -> Any:
+    """moto's threaded server, answering one request at a time.
+
+    moto's backends hold no locks: two conditional writes to one DynamoDB item at once can both
+    pass their condition, which DynamoDB never allows. Serialized, each request is atomic as in
+    AWS, so a race the broker relies on losing (a replayed caller token, two rotation runs) is
+    decided as it would be in a deployment.
+    """
+    import threading
+
+    from moto.server import DomainDispatcherApplication, ThreadedMotoServer, create_backend_app
+    from werkzeug.serving import make_server
+
+    class SerializedMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app, lock = DomainDispatcherApplication(create_backend_app), threading.Lock()
+
+            def serialized(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+                with lock:
+                    return list(app(environ, start_response))  # the whole answer, within the lock
+
+            self._server = make_server(self._ip_address, self._port, serialized, True)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return SerializedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+
+
 class EmbeddedAws:
     def __init__(self) -> None:
         self.endpoint = ""
@@ -40,11 +68,9 @@ class EmbeddedAws:
     def start(self) -> None:
         import logging
 
-        from moto.server import ThreadedMotoServer
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         port = free_port()
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._moto = moto_server(port)
         self._moto.start()
         self.endpoint = f"http://127.0.0.1:{port}"
         # The handlers' boto3 clients reach the embedded AWS, never a real account.

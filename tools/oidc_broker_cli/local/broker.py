@@ -196,26 +196,38 @@ class LocalBroker:
 
 
 def run(root: Path, config_path: Path, port: int) -> int:
+    from . import samlocal
+
     broker = LocalBroker(root=root, config_path=config_path, port=port, overrides=LIFECYCLE)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    before = dict(os.environ)
     broker.start()
     path = record_path(root)
     record = LocalRecord(url=broker.base_url, issuer=broker.issuer, table=TABLE_NAME,
                          aws_endpoint=broker.aws_endpoint, pid=os.getpid())
+    # `sam local --env-vars`: what this local mode's functions run with, beside its record and only with it.
+    env_file, env_written = samlocal.env_path(path), False
     try:
         print(broker.banner(), flush=True)
         try:
             if not record.write(path):
                 print(f"note: another local mode is recorded in {path}; `oidc-broker keys` without --stack talks "
                       "to that one", flush=True)
+            else:
+                samlocal.write_env(env_file, samlocal.environments(
+                    broker.template, os.environ, samlocal.local_only(broker.template, before, os.environ)))
+                env_written = True
+                print(f"sam local: --env-vars {env_file} --docker-network host", flush=True)
         except OSError as e:
             print(f"note: cannot record where local mode runs in {path} ({e.strerror}); `oidc-broker keys` "
                   "without --stack will not find it", flush=True)
         print(f"ready: {broker.base_url} (Ctrl-C to stop)", flush=True)
         stop.wait()
     finally:
+        if env_written:
+            env_file.unlink(missing_ok=True)
         record.remove(path)
         broker.stop()
     print("stopped", flush=True)
