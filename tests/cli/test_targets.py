@@ -344,6 +344,14 @@ def test_the_applied_configuration_of_a_stack_is_read_through_its_table_name_out
     assert code == 0 and json.loads(out)["sub"] == "space:default:environment:production:account:prod-deploy"
 
 
+def test_the_applied_configuration_of_a_table_named_by_table_is_read(stack):
+    code, out, err = command(["targets", "list", "--table", "broker-table", "--region", "us-east-1", "--output", "json"])
+    assert (code, err) == (0, "")
+    assert len(json.loads(out)) == 6
+    code, _, err = command(["targets", "list", "--table", "broker-table", "--config", "x.yaml"])
+    assert code == 2 and one_line(err).startswith("oidc-broker targets list: --config names the configuration")
+
+
 def test_a_stack_whose_table_cannot_be_read_or_that_does_not_exist_is_one_line(stack):
     code, _, err = command(["targets", "list", "--stack", "targets-empty", "--region", "us-east-1"])
     assert code == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -29,7 +30,7 @@ from oidc_broker import config as config_module
 from oidc_broker import subject
 
 from . import apply as apply_module
-from .deployment import DeploymentError, LocalDeployment, StackDeployment, find
+from .deployment import DeploymentError, table_deployment
 
 # A kid as the key ring makes them (an RFC 7638 thumbprint, 43 characters): the header's size in a preview.
 _KID = "k" * 43
@@ -96,27 +97,16 @@ def configuration(args: argparse.Namespace, root: Path | None, stdin: TextIO | N
     config_file = getattr(args, "config", None)
     stack, region, profile = getattr(args, "stack", None), getattr(args, "region", None), getattr(args, "profile", None)
     if config_file is not None:
-        if stack or region or profile:
+        if stack or region or profile or getattr(args, "table", None):
             raise DeploymentError("--config names the configuration itself: give it, or --stack NAME, not both")
         document, source = _document(config_file, stdin or sys.stdin), "<stdin>" if config_file == "-" else config_file
     else:
-        if stack is None and root is None:
+        if stack is None and root is None and not getattr(args, "table", None):
             raise DeploymentError("name a configuration with --config FILE, or a deployment with --stack NAME")
-        deployment = find(stack, region, profile, root or Path.cwd())
-        if isinstance(deployment, StackDeployment):
-            table = deployment.outputs.get("TableName")
-            if not table:
-                raise DeploymentError(f"{deployment.name} has no output TableName: deploy this version of the template")
-            document, source = _applied(deployment.session.client("dynamodb"), table, deployment.name)
-        elif isinstance(deployment, LocalDeployment):
-            import boto3
-
-            # The embedded AWS of local mode takes any credentials; never a real account's.
-            client = boto3.client("dynamodb", endpoint_url=deployment.record.aws_endpoint, region_name="us-east-1",
-                                  aws_access_key_id="local", aws_secret_access_key="local")
-            document, source = _applied(client, deployment.record.table, deployment.name)
-        else:  # pragma: no cover - find returns one of the two
-            raise DeploymentError(f"cannot read the configuration of {deployment.name}")
+        table = getattr(args, "table", None) or os.environ.get("TABLE_NAME")
+        deployment = table_deployment(table, stack, region, profile, root or Path.cwd())
+        name = f"stack {stack}" if stack else "the AWS account" if table else f"local mode at {deployment.local_url}"
+        document, source = _applied(deployment.dynamodb, deployment.table, name)
     return config_module.parse(document, source, allow_loopback_http=_loopback(document))
 
 
@@ -392,6 +382,8 @@ def _source(p: argparse.ArgumentParser) -> None:
     where.add_argument("--config", metavar="FILE", help="a configuration file (YAML), or - to read it from standard input")
     where.add_argument("--stack", metavar="NAME", help="the CloudFormation stack whose applied configuration to read "
                                                        "(its output TableName)")
+    where.add_argument("--table", help="the broker's DynamoDB table whose applied configuration to read "
+                                       "(default: $TABLE_NAME)")
     where.add_argument("--region", help="the stack's region (default: AWS_REGION / the profile's)")
     where.add_argument("--profile", help="the AWS CLI profile to use (default: AWS_PROFILE)")
 
