@@ -343,6 +343,13 @@ def test_a_stack_needs_a_real_ci_token():
     assert code == 2 and out == "" and "needs a real CI token" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("url", ["ftp://x", "http://[::1", "http://h:99999", "https://", "http://h?x=1", "h:80", ""])
+def test_a_url_that_is_not_the_brokers_http_url_is_exit_2(url):
+    code, out, err = doctor_run(["default/prod-ecr", "--url", url], FakeHttp({}))
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert err == f"oidc-broker doctor: --url {url!r} is not the broker's http(s) URL (for example https://id.example.com)\n"
+
+
 def test_a_stack_that_is_not_the_broker_is_exit_2():
     code, _, err = doctor_run(["default/prod-ecr", "--token", "-"], FakeHttp({}), FakeStack(outputs={}), stdin="x.y.z")
     assert code == 2 and "no output IssuerUrl" in err

@@ -242,6 +242,22 @@ def where_of(deployment: Any, url: str | None) -> Where:
     return Where(deployment.name, (url or outputs.get("ApiUrl") or issuer).rstrip("/"), issuer, False, reader)
 
 
+def parse_url(url: str | None) -> str | None:
+    """--url: an http(s) URL with a host (and a port that is a number), without query or fragment."""
+    if url is None:
+        return None
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(f"--url {url!r} is not the broker's http(s) URL (for example https://id.example.com)")
+    return url
+
+
 def locate(args: argparse.Namespace, root_of: Callable[[], Any]) -> Where:
     """Step 1's subject: --stack, else the running local mode; --url alone names a broker directly."""
     try:
@@ -674,6 +690,7 @@ def run(args: argparse.Namespace, root_of: Callable[[], Any], stdin: TextIO | No
     own = http is None
     try:
         ref = parse_target(args.target)
+        parse_url(args.url)
         claims = parse_claims(args.claims)
         token = read_token(args, stdin)
         where = where_of(deployment, args.url) if deployment is not None else locate(args, root_of)
