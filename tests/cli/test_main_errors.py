@@ -18,26 +18,12 @@ from moto.server import ThreadedMotoServer
 
 from oidc_broker_cli.local import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from localmode import ONE_FEED  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
-GOOD = """
-issuer: https://id.example.com
-trusted_issuers:
-  - name: github
-    issuer: https://token.actions.githubusercontent.com
-spaces:
-  - name: default
-    targets:
-      - name: prod-ecr
-        kind: feed
-        provider: aws
-        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
-    trust:
-      - name: app-main
-        issuer: github
-        claims: {repository_id: "1", ref: refs/heads/main}
-        targets: [prod-ecr]
-"""
+GOOD = ONE_FEED
 
 
 @pytest.fixture

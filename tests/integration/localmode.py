@@ -19,6 +19,25 @@ from oidc_broker_cli.deployment import RECORD_ENV
 ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+# One AWS feed pinned by repository ID, valid on every count: the CLI tests vary it (line numbers matter).
+ONE_FEED = """
+issuer: https://id.example.com
+trusted_issuers:
+  - name: github
+    issuer: https://token.actions.githubusercontent.com
+spaces:
+  - name: default
+    targets:
+      - name: prod-ecr
+        kind: feed
+        provider: aws
+        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
+    trust:
+      - name: app-main
+        issuer: github
+        claims: {repository_id: "1", ref: refs/heads/main}
+        targets: [prod-ecr]
+"""
 # A small valid configuration (one AWS feed, one trust rule) that CLI and local mode tests vary.
 GOOD = """
 issuer: https://id.example.com

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from localmode import GOOD
+from localmode import GOOD, ONE_FEED
 from oidc_broker_cli.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,24 +96,7 @@ def test_apply_writes_nothing_when_anything_is_invalid(aws, tmp_path):
 
 
 # The deployment's issuer checks use a file of their own, valid on every other count.
-DEPLOYED = """
-issuer: https://id.example.com
-trusted_issuers:
-  - name: github
-    issuer: https://token.actions.githubusercontent.com
-spaces:
-  - name: default
-    targets:
-      - name: prod-ecr
-        kind: feed
-        provider: aws
-        aws: {role_arn: "arn:aws:iam::123456789012:role/pull", region: us-east-1}
-    trust:
-      - name: app-main
-        issuer: github
-        claims: {repository_id: "1", ref: refs/heads/main}
-        targets: [prod-ecr]
-"""
+DEPLOYED = ONE_FEED
 
 
 def test_apply_refuses_a_configuration_naming_another_issuer_than_the_deployments(aws, tmp_path):
