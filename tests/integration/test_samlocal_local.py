@@ -88,6 +88,30 @@ def test_every_function_gets_local_modes_endpoints_and_dummy_credentials(mode, e
         assert Path(variables["REQUESTS_CA_BUNDLE"]).is_file()
 
 
+# SAM CLI sets these in a container itself (the shell's credentials, --region).
+SAM_CLI_OWN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"}
+
+
+def test_every_variable_of_the_file_reaches_a_sam_local_container(env):
+    # SAM CLI passes a container only the variables the template declares for its function: any
+    # other in the file would be silently dropped, leaving the function on the public endpoints.
+    for function, variables in env.items():
+        dropped = set(variables) - set(declared(TEMPLATE, function)) - SAM_CLI_OWN
+        assert not dropped, f"{function}: {sorted(dropped)} are not declared in template.yaml"
+
+
+def test_the_template_defaults_of_local_variables_are_a_deployments_own(env):
+    # Deployed, the declared endpoint variables are empty (the public endpoints), loopback issuers
+    # are refused and the lifecycle is the default one.
+    variables = TEMPLATE.globals["Environment"]["Variables"]
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_ECR_PUBLIC", "ACR_ENDPOINT_URL",
+                 "GCP_STS_ENDPOINT", "GCP_IAMCREDENTIALS_ENDPOINT", "REQUESTS_CA_BUNDLE", "KEY_RING_TTL",
+                 "KEY_ROTATION_MARGIN"):
+        assert variables[name] == "", name
+    assert variables["BROKER_ALLOW_LOOPBACK_HTTP"] == "false"
+    assert variables["AZURE_AUTHORITY_HOST"] == "login.microsoftonline.com"
+
+
 def test_the_key_and_table_values_are_local_modes_resources(env):
     variables = env["ExchangeAwsFunction"]
     kms = boto3.client("kms", endpoint_url=variables["AWS_ENDPOINT_URL"], region_name="us-east-1",

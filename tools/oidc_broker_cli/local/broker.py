@@ -59,6 +59,7 @@ class LocalBroker:
         self.schedules: list[Schedule] = self.functions.schedules
         self.wirings: list[clouds.Wiring] = []
         self.aws = EmbeddedAws()
+        before = dict(os.environ)
         self.aws.start()
         self.aws_endpoint = self.aws.endpoint
         self._server = ThreadingHTTPServer((self.host, self.port), handler_for(self))
@@ -74,8 +75,11 @@ class LocalBroker:
         self.dev_ci = DevCI(self.base_url, audience=self.issuer)
         config_module.parse(document, str(self.config_path), allow_loopback_http=True)  # fail before provisioning
         self.wirings = clouds.start_all(self)
+        # What the embedded AWS and the emulators set (their endpoints, the CA bundle) wins over the
+        # template's deployment defaults for the same variables (empty: the clouds' public endpoints).
+        ours = {k: v for k, v in os.environ.items() if before.get(k) != v}
         self._store = self.aws.provision(self.template, self.issuer, self.invoke,
-                                         self.base_url + CLOUDFORMATION_PREFIX, self.overrides)
+                                         self.base_url + CLOUDFORMATION_PREFIX, {**ours, **self.overrides})
         config = apply_module.apply(document, str(self.config_path), self._store, allow_loopback_http=True)
         self.targets = [t.ref for s in config.spaces.values() for t in s.targets.values()]
         for wiring in self.wirings:

@@ -9,7 +9,8 @@ the shortened key lifecycle), each with the value local mode's own functions run
 ones: on Linux, `--docker-network host` gives the container the host's loopback. SAM CLI sets in a
 container only the variables the template declares for its function (and AWS_* ones of its own:
 the region and the shell's credentials); the others are in the file so that it says all that
-local mode's functions see, and take effect in `sam local` once template.yaml declares them.
+local mode's functions see. template.yaml declares each variable local mode points elsewhere (with
+a deployment's value: empty endpoints, the public authority), so all of them reach a container.
 
 `python -m oidc_broker_cli.local.samlocal events` (`make events`) puts a fresh token from local
 mode's development CI issuer into each sample event that carries one (events/token.json's
