@@ -18,6 +18,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from oidc_broker.store import Store
 from oidc_broker_cli.apply import change_lines, changes
 from oidc_broker_cli.local import free_port
 
@@ -138,7 +139,12 @@ def cli(env, *args, stdin=None):
 
 
 def stored(client, table):
+    """The configuration's pointer item: unchanged means nothing was applied."""
     return client.get_item(TableName=table, Key={"pk": {"S": "CONFIG"}, "sk": {"S": "CURRENT"}}).get("Item")
+
+
+def applied(client, table):
+    return Store(client, table).get_config()["document"]
 
 
 def write(tmp_path, document, name="broker.yaml"):
@@ -168,7 +174,7 @@ def test_apply_shows_the_changes_then_writes(aws, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "  ~ space default: target prod-ecr (lifetime)\n" in result.stdout
     assert "applied" in result.stdout
-    assert json.loads(stored(client, "diffs")["document"]["S"]) == after
+    assert applied(client, "diffs") == after
     again = cli(env, "apply", str(write(tmp_path, after)), "--table", "diffs", "--dry-run")
     assert "no changes: the configuration is the one applied" in again.stdout
 
@@ -183,7 +189,7 @@ def test_apply_output_json_is_the_changes_and_whether_they_were_applied(aws, tmp
         {"kind": "trusted issuer", "space": None, "name": "github", "change": "changed", "fields": ["leeway"]}]}
     result = cli(env, "apply", "-", "--table", "diffs", "--output", "json", stdin=json.dumps(after))
     assert json.loads(result.stdout)["applied"] is True
-    assert json.loads(stored(client, "diffs")["document"]["S"]) == after
+    assert applied(client, "diffs") == after
     assert stored(client, "diffs")["source"]["S"] == "<stdin>"
 
 
@@ -202,7 +208,7 @@ def test_apply_finds_the_table_by_the_stacks_outputs(aws, tmp_path):
     result = cli(env, "apply", str(write(tmp_path, BASE)), "--stack", "diff-broker", "--region", "us-east-1")
     assert result.returncode == 0, result.stderr
     assert "applied" in result.stdout and "to stacked" in result.stdout
-    assert json.loads(stored(client, "stacked")["document"]["S"]) == BASE
+    assert applied(client, "stacked") == BASE
     result = cli(env, "trust-policy", "aws", "--target", "default/prod-ecr", "--stack", "diff-broker")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["Statement"][0]["Condition"]["StringEquals"]["id.example.com:sub"] == \

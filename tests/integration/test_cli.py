@@ -11,6 +11,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from localmode import GOOD, ONE_FEED
+from oidc_broker.store import Store
 from oidc_broker_cli.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,8 +76,7 @@ def test_apply_writes_a_valid_file(aws, tmp_path):
     path.write_text(GOOD)
     result = cli(env, "apply", str(path))
     assert result.returncode == 0, result.stderr
-    item = stored(client)
-    assert json.loads(item["document"]["S"])["issuer"] == "https://id.example.com"
+    assert Store(client, "broker").get_config()["document"]["issuer"] == "https://id.example.com"
 
 
 def test_apply_writes_nothing_when_anything_is_invalid(aws, tmp_path):

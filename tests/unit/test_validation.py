@@ -538,3 +538,46 @@ def test_a_rule_issuer_given_as_a_list_is_a_config_problem_not_a_crash(doc):
 def test_a_rule_target_given_as_a_list_is_a_config_problem_not_a_crash(doc):
     rule_doc(doc, "pull")["targets"] = [["images"]]
     assert paths(doc) == ["spaces[0].trust[1].targets[0]"]
+
+
+# -- one space at a time (how the functions read a stored configuration) ------------------------
+
+def test_a_space_parsed_alone_equals_the_same_space_parsed_in_its_document():
+    doc = config_doc()
+    whole = validation.parse(doc, "broker.yaml")
+    shared = validation.parse_shared({k: v for k, v in doc.items() if k != "spaces"}, "broker.yaml")
+    assert (shared.issuer, dict(shared.trusted_issuers)) == (whole.issuer, dict(whole.trusted_issuers))
+    assert validation.parse_space(doc["spaces"][0], 0, shared, "broker.yaml") == whole.spaces["acme"]
+
+
+def test_a_space_alone_reports_its_problems_at_its_place_in_the_document():
+    doc = config_doc()
+    shared = validation.parse_shared({k: v for k, v in doc.items() if k != "spaces"})
+    space = doc["spaces"][0]
+    space["trust"][0]["issuer"] = "nobody"
+    with pytest.raises(ConfigError) as e:
+        validation.parse_space(space, 3, shared, "broker.yaml")
+    assert ("spaces[3].trust[0].issuer", "must name an entry of trusted_issuers") in e.value.problems
+
+
+def test_the_rules_of_a_target_are_those_naming_it_in_the_documents_order():
+    doc = config_doc()
+    rules = doc["spaces"][0]["trust"]
+    rules.append({"name": "both", "issuer": "ci", "claims": {"repository": "acme/ops"}, "targets": ["images", "prod"],
+                  "context": {"environment": "prod"}})
+    rules.insert(0, {"name": "first-pull", "issuer": "ci", "claims": {"repository": "acme/web"}, "targets": ["images"]})
+    space = validation.parse(doc).spaces["acme"]
+    assert [r.name for r in space.rules_for("images")] == ["first-pull", "pull", "both"]
+    assert [r.name for r in space.rules_for("prod")] == ["deploy", "both"]
+    assert space.rules_for("nothing") == ()
+
+
+def test_a_duplicate_rule_name_is_refused_wherever_it_comes_in_a_long_list():
+    doc = config_doc()
+    rules = doc["spaces"][0]["trust"]
+    rules += [{"name": f"r-{i}", "issuer": "ci", "claims": {"repository": f"acme/{i}"}, "targets": ["images"]}
+              for i in range(2000)]
+    rules.append({"name": "r-1234", "issuer": "ci", "claims": {"repository": "acme/x"}, "targets": ["images"]})
+    with pytest.raises(ConfigError) as e:
+        validation.parse(doc)
+    assert e.value.problems == [("spaces[0].trust[2002].name", "duplicate trust rule name 'r-1234' in space 'acme'")]

@@ -207,11 +207,12 @@ def config_reader(client: Callable[[], Any], table: str, allow_loopback_http: bo
     def read() -> Any:
         import botocore.exceptions
 
+        from oidc_broker.configstore import CorruptBlob
         from oidc_broker.store import Store
 
         try:
             item = Store(client(), table).get_config()
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, CorruptBlob) as e:
             raise Failed(f"cannot read the configuration from table {table}: {str(e).splitlines()[0]}",
                          "check the region (--region), your AWS credentials (--profile) and that the table "
                          "exists") from None

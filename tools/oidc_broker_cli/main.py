@@ -79,8 +79,12 @@ def find_table(args: argparse.Namespace) -> TableDeployment:
 
 def on_table(doing: str, call: Any) -> Any:
     """Call the table (or make its client); a botocore failure becomes one line saying what was being done."""
+    from oidc_broker.configstore import CorruptBlob
+
     try:
         return call()
+    except CorruptBlob as e:
+        raise CommandError(f"{doing}: {e}") from None
     except Exception as e:
         line = aws_line(e)
         if line is None:
@@ -298,6 +302,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from oidc_broker.configstore import ConfigConflict, CorruptBlob
     from oidc_broker.store import Store
 
     source = apply_module.source_name(args.file)
@@ -316,9 +321,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if not args.dry_run:
             import time
 
-            store.put_config(document, source, int(time.time()))  # one whole-item write: applying again is safe
+            store.put_config(document, source, int(time.time()))  # switched last, all or nothing: applying again is safe
     except (apply_module.ApplyError, config_module.ConfigError) as e:
         raise CommandError(f"{e}\nnothing was written") from None
+    except (ConfigConflict, CorruptBlob) as e:
+        raise CommandError(f"{deployment.table}: {e}") from None
     except Exception as e:
         line = aws_line(e)
         if line is None:

@@ -77,11 +77,12 @@ def _applied(client: Any, table: str, where: str) -> tuple[dict[str, Any], str]:
     """The document applied to `table` and its source name; DeploymentError in one line otherwise."""
     import botocore.exceptions
 
+    from oidc_broker.configstore import CorruptBlob
     from oidc_broker.store import Store
 
     try:
         item = Store(client, table).get_config()
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, CorruptBlob) as e:
         raise DeploymentError(f"cannot read the configuration from table {table} of {where}: {e}; check the "
                               "region (--region) and your AWS credentials (--profile)") from None
     if item is None:

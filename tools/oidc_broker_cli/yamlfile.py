@@ -20,8 +20,16 @@ def describe(error: yaml.YAMLError) -> str:
     return f"{where}{problem}{f' ({context})' if context and context not in problem else ''}"
 
 
-class StrictLoader(yaml.SafeLoader):
-    """A safe loader that refuses a mapping with the same key twice (the last one would win silently)."""
+class StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """A safe loader that refuses a mapping with the same key twice (the last one would win silently).
+
+    libyaml's parser where PyYAML has it (its wheels do): many times the pure-Python one on large
+    files. The constructors are PyYAML's own either way, so the duplicate-key refusal holds for both.
+    """
+
+
+class _PureStrictLoader(yaml.SafeLoader):
+    """StrictLoader on the pure-Python parser: its errors name the line and the problem more precisely."""
 
 
 def _mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -45,6 +53,7 @@ def _line_of(key: Any, node: yaml.MappingNode) -> int:
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_PureStrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
 class TemplateLoader(StrictLoader):
@@ -68,7 +77,17 @@ TemplateLoader.add_multi_constructor("!", _tag)
 
 
 def load(text: str) -> Any:
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError:
+        raise
+    except yaml.YAMLError as fast:
+        # Only a broken file gets here: read it again to say what is wrong as the pure-Python parser does.
+        try:
+            yaml.load(text, Loader=_PureStrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as precise:
+            raise precise from None
+        raise fast from None
 
 
 def load_template(text: str) -> Any:

@@ -604,10 +604,12 @@ def admit(config: Config, caller: VerifiedCaller, target: Target) -> TrustRule:
     probing; the full verdict per rule goes to the operator's log (and `oidc-broker explain`).
     """
     candidates = []
-    for report in explain(config, caller, target):
+    # Only the rules naming the target can admit to it (the space's index, in the document's order).
+    for rule in config.rules_for(target):
+        report = evaluate(rule, caller.issuer, caller.claims, target)
         if report.admits:
             return report.rule
-        if report.rule.issuer == caller.issuer.name and target.name in report.rule.targets:
+        if report.rule.issuer == caller.issuer.name:
             candidates.append(report)
     if not candidates:
         raise InvalidGrant(f"no trust rule admits tokens of issuer {caller.issuer.issuer!r} to target {target.ref!r}",

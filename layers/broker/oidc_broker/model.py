@@ -113,6 +113,19 @@ class Space:
     name: str
     targets: Mapping[str, Target]
     trust: tuple[TrustRule, ...]
+    # The rules naming each target, in the document's order: a mint looks at its target's rules only.
+    _by_target: Mapping[str, tuple[TrustRule, ...]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_target: dict[str, list[TrustRule]] = {}
+        for rule in self.trust:
+            for name in dict.fromkeys(rule.targets):
+                by_target.setdefault(name, []).append(rule)
+        object.__setattr__(self, "_by_target", {name: tuple(rules) for name, rules in by_target.items()})
+
+    def rules_for(self, target_name: str) -> tuple[TrustRule, ...]:
+        """The trust rules that name the target, in the order the document lists them."""
+        return self._by_target.get(target_name, ())
 
 
 @dataclass(frozen=True)
@@ -139,7 +152,7 @@ class Config:
         return space.targets.get(target_name) if space else None
 
     def rules_for(self, target: Target) -> tuple[TrustRule, ...]:
-        return tuple(r for r in self.spaces[target.space].trust if target.name in r.targets)
+        return self.spaces[target.space].rules_for(target.name)
 
     def subject_patterns(self, target: Target) -> list[str]:
         """Every subject the broker can mint for `target`, exactly: `*` only for a value a caller's

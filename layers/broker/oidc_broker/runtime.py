@@ -127,18 +127,17 @@ def rotation(boto3_session=None):
                     NewKeys(policy=policy, stack=os.environ.get("STACK_NAME", "").strip()))
 
 
-def load_config(source) -> Config:
-    from . import config as config_module
+def stored_config(source):
+    """The applied configuration read from the table: the pointer each time it is called, a space
+    only when named and changed (config.StoredConfig)."""
+    from .config import StoredConfig
 
-    item = source.get_config()
-    if item is None:
-        raise ServerError("no configuration has been applied (oidc-broker apply FILE)", "no_config")
-    try:
-        return config_module.parse(item["document"], item["source"], allow_loopback_http=allow_loopback_http())
-    except config_module.ConfigError as e:
-        # The operator reads what is wrong in the log; the caller learns only that it is the broker's fault.
-        raise ServerError("the applied configuration is invalid", "invalid_config",
-                          log={"config_source": e.source, "config_problems": [f"{p}: {r}" for p, r in e.problems][:50]}) from e
+    return StoredConfig(source, allow_loopback_http=allow_loopback_http())
+
+
+def load_config(source) -> Config:
+    """The applied configuration, read once (the CLI and scheduled work; the functions keep a StoredConfig)."""
+    return stored_config(source)()
 
 
 def broker(source=None, kms=None, boto3_session=None):
@@ -153,7 +152,7 @@ def broker(source=None, kms=None, boto3_session=None):
     source = source or store(boto3_session)
     kms = kms or boto3_session.client("kms")
     return Broker(
-        config=config_module.ConfigCache(lambda: load_config(source), time.time).get,
+        config=config_module.ConfigCache(stored_config(source), time.time).get,
         issuer_keys=IssuerKeys(HttpFetcher(allow_loopback_http=allow_loopback_http()), time.time, shared=source),
         key_ring=key_ring(source, kms),
         signer=KmsSigner(kms),
@@ -254,6 +253,6 @@ def refresher(boto3_session=None):
                 exchanges[cloud] = Exchange(broker=shared_broker, exchanger=description.exchanger(clients), cache=cache)
             return exchanges[cloud]
 
-    return Refresher(config=lambda: load_config(source), issuer=lambda: deployment_issuer(source),
+    return Refresher(config=stored_config(source), issuer=lambda: deployment_issuer(source),
                      entries=source.cache_entries, exchange_for=exchange_for, clock=time.time,
                      policy=refresh_policy())

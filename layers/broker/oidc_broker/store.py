@@ -1,7 +1,9 @@
 """The one DynamoDB table: configuration, key ring, and grants (replay guard + audit record).
 
 Item layout (pk / sk):
-  CONFIG / CURRENT                      the applied configuration document (JSON)
+  CONFIG / CURRENT, CONFIGBLOB#<sha> / PART#<n>
+                                        the applied configuration: a versioned pointer and
+                                        compressed, content-addressed parts (configstore.py)
   DEPLOYMENT / CURRENT                  the deployment's issuer URL, recorded at every deploy
   KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK, seal
   KEYRING / STATE                       the key ring's version and a requested rotation
@@ -25,10 +27,11 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .configstore import ConfigItems
+
 if TYPE_CHECKING:
     from .model import Binding
 
-CONFIG_PK, CONFIG_SK = "CONFIG", "CURRENT"
 DEPLOYMENT_PK, DEPLOYMENT_SK = "DEPLOYMENT", "CURRENT"
 KEYRING_PK = "KEYRING"
 AUDIT_INDEX = "audit"
@@ -79,35 +82,24 @@ class Store:
         self._db = client
         self._table = table
 
-    # -- configuration ---------------------------------------------------------------------
+    # -- configuration (configstore.py: per space, compressed, versioned) --------------------------
+    @property
+    def configuration(self) -> ConfigItems:
+        return ConfigItems(self._db, self._table)
+
     def get_config(self) -> dict[str, Any] | None:
-        item = self._db.get_item(
-            TableName=self._table, Key={"pk": _s(CONFIG_PK), "sk": _s(CONFIG_SK)}, ConsistentRead=True
-        ).get("Item")
-        if not item:
+        """The whole applied document with its source, sha256, version and time; None if none is."""
+        found = self.configuration.document()
+        if found is None:
             return None
-        return {
-            "document": json.loads(item["document"]["S"]),
-            "source": item["source"]["S"],
-            "sha256": item["sha256"]["S"],
-            "applied_at": int(item["applied_at"]["N"]),
-        }
+        pointer, document = found
+        return {"document": document, "source": pointer.source, "sha256": pointer.sha256,
+                "applied_at": pointer.applied_at, "version": pointer.version}
 
     def put_config(self, document: dict[str, Any], source: str, applied_at: int) -> str:
-        text = json.dumps(document, sort_keys=True, separators=(",", ":"))
-        sha = hashlib.sha256(text.encode()).hexdigest()
-        self._db.put_item(
-            TableName=self._table,
-            Item={
-                "pk": _s(CONFIG_PK),
-                "sk": _s(CONFIG_SK),
-                "document": _s(text),
-                "source": _s(source),
-                "sha256": _s(sha),
-                "applied_at": _n(applied_at),
-            },
-        )
-        return sha
+        """Apply a validated document, all or nothing (configstore.ConfigConflict if another apply
+        came between its read and its switch); its sha256."""
+        return self.configuration.put(document, source, applied_at)
 
     # -- the deployment ----------------------------------------------------------------------
     def get_deployment(self) -> dict[str, Any] | None:

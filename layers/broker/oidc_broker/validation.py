@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import clouds, presets, subject
@@ -89,45 +90,33 @@ class _Problems:
         return value
 
 
+TOP_KEYS = {"issuer", "trusted_issuers", "spaces"}
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every space's rules refer to: the broker's issuer URL and the trusted issuers."""
+
+    issuer: str
+    trusted_issuers: Mapping[str, TrustedIssuer]
+
+
 def parse(document: object, source: str = "<config>", *, allow_loopback_http: bool = False) -> Config:
-    """Validate a configuration document (as loaded from YAML or JSON) and build the Config."""
+    """Validate a configuration document (as loaded from YAML or JSON) and build the Config.
+
+    Linear in the document's size: names are checked against sets, rules indexed by target."""
     p = _Problems()
-    doc = p.mapping(document, "(top)", {"issuer", "trusted_issuers", "spaces"}, {"issuer", "spaces"})
-
-    issuer = doc.get("issuer")
-    if "issuer" in doc and (why := url_problem(issuer, allow_loopback_http=allow_loopback_http)):
-        p.add("issuer", why)
-
-    trusted: dict[str, TrustedIssuer] = {}
-    for i, item in enumerate(p.items_of(doc.get("trusted_issuers"), "trusted_issuers")):
-        path = f"trusted_issuers[{i}]"
-        issuer_item = _parse_trusted_issuer(p, item, path, allow_loopback_http)
-        if issuer_item is None:
-            continue
-        if issuer_item.name in trusted:
-            p.add(f"{path}.name", f"duplicate trusted issuer name {issuer_item.name!r}")
-        elif any(t.issuer == issuer_item.issuer for t in trusted.values()):
-            p.add(f"{path}.issuer", "this issuer URL is already listed")
-        else:
-            trusted[issuer_item.name] = issuer_item
+    doc = p.mapping(document, "(top)", TOP_KEYS, {"issuer", "spaces"})
+    issuer, trusted = _parse_shared(p, doc, allow_loopback_http)
 
     spaces: dict[str, Space] = {}
     space_items = p.items_of(doc.get("spaces"), "spaces")
     if "spaces" in doc and not space_items:
         p.add("spaces", "must list at least one space")
     for i, item in enumerate(space_items):
-        path = f"spaces[{i}]"
-        item = p.mapping(item, path, {"name", "targets", "trust"}, {"name"})
-        name = item.get("name")
-        if "name" not in item or not p.slug(name, f"{path}.name"):
-            continue
-        if name in spaces:
-            p.add(f"{path}.name", f"duplicate space name {name!r}")
-            continue
-        targets = _parse_targets(p, item.get("targets"), f"{path}.targets", name)
-        broker_issuer = issuer if isinstance(issuer, str) else ""
-        rules = _parse_rules(p, item.get("trust"), f"{path}.trust", name, targets, trusted, broker_issuer)
-        spaces[name] = Space(name=name, targets=targets, trust=rules)
+        space = _parse_space(p, item, f"spaces[{i}]", issuer, trusted, spaces.keys())
+        if space is not None:
+            spaces[space.name] = space
 
     if p.items:
         raise ConfigError(source, p.items)
@@ -136,6 +125,65 @@ def parse(document: object, source: str = "<config>", *, allow_loopback_http: bo
     if p.items:
         raise ConfigError(source, p.items)
     return config
+
+
+def parse_shared(document: object, source: str = "<config>", *, allow_loopback_http: bool = False) -> Shared:
+    """The document's issuer and trusted issuers alone (its `spaces` are parsed one by one, with
+    parse_space): how the functions read a stored configuration, a space when a request needs it."""
+    p = _Problems()
+    doc = p.mapping(document, "(top)", TOP_KEYS, {"issuer"})
+    issuer, trusted = _parse_shared(p, doc, allow_loopback_http)
+    if p.items:
+        raise ConfigError(source, p.items)
+    return Shared(issuer=issuer, trusted_issuers=trusted)
+
+
+def parse_space(document: object, index: int, shared: Shared, source: str = "<config>") -> Space:
+    """One space of a document (the `index`th of its `spaces`, for the problems' paths) against its
+    shared part. The checks across targets (each cloud's check_config) need the whole document:
+    parse runs them, before anything is applied."""
+    p = _Problems()
+    space = _parse_space(p, document, f"spaces[{index}]", shared.issuer, shared.trusted_issuers, ())
+    if p.items or space is None:
+        raise ConfigError(source, p.items or [(f"spaces[{index}]", "is not a space")])
+    return space
+
+
+def _parse_shared(p: _Problems, doc: dict, allow_loopback_http: bool) -> tuple[Any, dict[str, TrustedIssuer]]:
+    issuer = doc.get("issuer")
+    if "issuer" in doc and (why := url_problem(issuer, allow_loopback_http=allow_loopback_http)):
+        p.add("issuer", why)
+
+    trusted: dict[str, TrustedIssuer] = {}
+    urls: set[str] = set()
+    for i, item in enumerate(p.items_of(doc.get("trusted_issuers"), "trusted_issuers")):
+        path = f"trusted_issuers[{i}]"
+        issuer_item = _parse_trusted_issuer(p, item, path, allow_loopback_http)
+        if issuer_item is None:
+            continue
+        if issuer_item.name in trusted:
+            p.add(f"{path}.name", f"duplicate trusted issuer name {issuer_item.name!r}")
+        elif issuer_item.issuer in urls:
+            p.add(f"{path}.issuer", "this issuer URL is already listed")
+        else:
+            trusted[issuer_item.name] = issuer_item
+            urls.add(issuer_item.issuer)
+    return issuer, trusted
+
+
+def _parse_space(p: _Problems, item: object, path: str, issuer: Any, trusted: Mapping[str, TrustedIssuer],
+                 taken: Any) -> Space | None:
+    item = p.mapping(item, path, {"name", "targets", "trust"}, {"name"})
+    name = item.get("name")
+    if "name" not in item or not p.slug(name, f"{path}.name"):
+        return None
+    if name in taken:
+        p.add(f"{path}.name", f"duplicate space name {name!r}")
+        return None
+    targets = _parse_targets(p, item.get("targets"), f"{path}.targets", name)
+    broker_issuer = issuer if isinstance(issuer, str) else ""
+    rules = _parse_rules(p, item.get("trust"), f"{path}.trust", name, targets, trusted, broker_issuer)
+    return Space(name=name, targets=targets, trust=rules)
 
 
 def _check_across_targets(p: _Problems, config: Config) -> None:
@@ -279,14 +327,17 @@ def _parse_rules(
 ) -> tuple[TrustRule, ...]:
     known = {"name", "issuer", "audience", "claims", "targets", "context"}
     rules: list[TrustRule] = []
+    names_seen: set[str] = set()
     for i, item in enumerate(p.items_of(value, path)):
         rpath = f"{path}[{i}]"
         item = p.mapping(item, rpath, known, {"name", "issuer", "claims", "targets"})
         name = item.get("name")
         ok = "name" in item and p.slug(name, f"{rpath}.name")
-        if ok and any(r.name == name for r in rules):
+        if ok and name in names_seen:
             p.add(f"{rpath}.name", f"duplicate trust rule name {name!r} in space {space!r}")
             ok = False
+        elif ok:
+            names_seen.add(name)
         issuer = item.get("issuer")
         if not isinstance(issuer, str):
             issuer = None
