@@ -220,3 +220,23 @@ def test_a_missing_file_is_one_line(env, tmp_path):
     assert_one_line(cli(env, "validate", str(tmp_path / "nope.yaml")), "validate", "nope.yaml: cannot read")
     assert_one_line(cli(env, "apply", str(tmp_path / "nope.yaml"), "--table", "t", "--region", "eu-west-1"), "apply",
                     "nope.yaml: cannot read")
+
+
+def test_every_argument_of_every_command_has_help_text():
+    import argparse
+
+    from oidc_broker_cli.main import build_parser
+
+    parser, *_ = build_parser()
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and action.help in (None, "", argparse.SUPPRESS):
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser, ["oidc-broker"])
+    assert not missing

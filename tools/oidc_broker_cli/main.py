@@ -421,7 +421,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any, Any]:
                         "Needed only for a stack that does not record it yet")
     add_deployment(p)
     add_output(p, '{"changes": [...], "applied": true|false}')
-    p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--allow-loopback-http", action="store_true",
+                   help="accept http:// loopback issuers (local mode's own table needs no flag: it is found)")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("local", help="run local mode on http://127.0.0.1:PORT")
@@ -457,7 +458,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any, Any]:
     p.add_argument("--config", help="configuration file, or - for standard input (default: the one applied)")
     add_deployment(p)
     add_output(p, "the setup JSON (with --format json), else {target, format, text}")
-    p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--allow-loopback-http", action="store_true",
+                   help="accept http:// loopback issuers (local mode's own table needs no flag: it is found)")
     p.set_defaults(func=cmd_trust_policy)
 
     p = sub.add_parser("keys", help="the broker's signing keys")
@@ -467,7 +469,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any, Any]:
     p.add_argument("--issuer", metavar="URL", help="the broker's issuer URL (default: the deployment's)")
     p.add_argument("--config", help="configuration file naming the issuer, or - for standard input")
     add_deployment(p)
-    p.add_argument("--allow-loopback-http", action="store_true", help=argparse.SUPPRESS)
+    add_output(p, "the key set (JSON either way: it is what a cloud uploads)")
+    p.add_argument("--allow-loopback-http", action="store_true",
+                   help="accept http:// loopback issuers (local mode's own table needs no flag: it is found)")
     p.set_defaults(func=cmd_keys_jwks)
     from . import keys as keys_module
 
@@ -488,6 +492,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any, Any]:
 
     p = sub.add_parser("decode", help="print a token's header and claims (does not verify)")
     p.add_argument("token", help="the token, or - to read it from standard input")
+    add_output(p, "{header, claims} (JSON either way: a token's parts are JSON)")
     p.set_defaults(func=cmd_decode)
 
     from . import doctor as doctor_module
