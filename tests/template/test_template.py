@@ -174,25 +174,25 @@ PARTITIONS = {
     "JwksFunction": {"dynamodb:Query": ["KEYRING"]},
     "TokenFunction": {
         "dynamodb:GetItem": ["CONFIG", "ISSUERKEYS#*"],
-        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:Query": ["CONFIGBLOB#*", "KEYRING"],
         "dynamodb:PutItem": ["GRANT#*", "ISSUERKEYS#*"],
         "dynamodb:DeleteItem": ["GRANT#*"],
     },
     "ExchangeAwsFunction": {
         "dynamodb:GetItem": ["CACHE#*", "CONFIG", "ISSUERKEYS#*"],
-        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:Query": ["CONFIGBLOB#*", "KEYRING"],
         "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
         "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
     },
     "ExchangeAzureFunction": {
         "dynamodb:GetItem": ["CACHE#*", "CONFIG", "ISSUERKEYS#*"],
-        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:Query": ["CONFIGBLOB#*", "KEYRING"],
         "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
         "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
     },
     "ExchangeGcpFunction": {
         "dynamodb:GetItem": ["CACHE#*", "CONFIG", "ISSUERKEYS#*"],
-        "dynamodb:Query": ["KEYRING"],
+        "dynamodb:Query": ["CONFIGBLOB#*", "KEYRING"],
         "dynamodb:PutItem": ["CACHE#*", "GRANT#*", "ISSUERKEYS#*"],
         "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
     },
@@ -204,7 +204,7 @@ PARTITIONS = {
     # no caller key sets (it verifies no caller).
     "RefreshFunction": {
         "dynamodb:GetItem": ["CACHE#*", "CONFIG", "DEPLOYMENT"],
-        "dynamodb:Query": ["CACHE#*", "KEYRING"],
+        "dynamodb:Query": ["CACHE#*", "CONFIGBLOB#*", "KEYRING"],
         "dynamodb:PutItem": ["CACHE#*", "GRANT#*"],
         "dynamodb:DeleteItem": ["CACHE#*", "GRANT#*"],
     },

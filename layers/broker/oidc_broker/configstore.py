@@ -34,7 +34,8 @@ BLOB_PREFIX, PART_PREFIX = "CONFIGBLOB#", "PART#"
 PART_BYTES = 300 * 1024  # compressed bytes per item: well under 400 KB with the keys and attributes
 RETIRE_AFTER = 24 * 3600
 MAX_BLOB_BYTES = 64 * 1024 * 1024  # a blob never inflates past this (a corrupt or hostile item)
-BATCH_WRITE, BATCH_GET = 25, 100  # DynamoDB's limits per BatchWriteItem / BatchGetItem
+BATCH_WRITE = 25  # DynamoDB's limit per BatchWriteItem
+READERS = 8  # blobs read at once, for a whole document (the CLI)
 UNPROCESSED_ATTEMPTS = 8
 
 
@@ -150,31 +151,35 @@ class ConfigItems:
         return Manifest.from_json(self.blobs([pointer.manifest])[pointer.manifest.sha])
 
     def blobs(self, refs: Iterable[BlobRef]) -> dict[str, Any]:
-        """Each blob by its sha256: every part in consistent BatchGetItem reads of up to 100 keys."""
+        """Each blob by its sha256: one consistent Query of its partition (paged), a few at once.
+
+        A Query names its partition, so the functions' policy can bound it to configuration items
+        (dynamodb:LeadingKeys); a Batch* read could not be bounded so."""
         refs = list(dict.fromkeys(refs))
-        wanted = [_part_key(ref.sha, n) for ref in refs for n in range(ref.parts)]
-        found: dict[tuple[str, str], bytes] = {}
-        for i in range(0, len(wanted), BATCH_GET):
-            keys = wanted[i:i + BATCH_GET]
-            for attempt in range(UNPROCESSED_ATTEMPTS):
-                response = self._db.batch_get_item(
-                    RequestItems={self._table: {"Keys": keys, "ConsistentRead": True}})
-                for item in response.get("Responses", {}).get(self._table, []):
-                    found[(item["pk"]["S"], item["sk"]["S"])] = bytes(item["data"]["B"])
-                keys = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
-                if not keys:
-                    break
-                self._sleep(min(2.0, 0.05 * 2 ** attempt))
-            else:
-                raise CorruptBlob("the table kept configuration parts unprocessed; try again")
-        out = {}
-        for ref in refs:
-            try:
-                parts = [found[(f"{BLOB_PREFIX}{ref.sha}", f"{PART_PREFIX}{n:04d}")] for n in range(ref.parts)]
-            except KeyError:
-                raise CorruptBlob(f"configuration blob {ref.sha[:12]} is missing a part") from None
-            out[ref.sha] = decode(ref, parts)
-        return out
+        if len(refs) <= 1:
+            return {ref.sha: self._blob(ref) for ref in refs}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(READERS, len(refs))) as pool:
+            return dict(zip((ref.sha for ref in refs), pool.map(self._blob, refs)))
+
+    def _blob(self, ref: BlobRef) -> Any:
+        parts: list[bytes] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": f"{BLOB_PREFIX}{ref.sha}"}}, "ConsistentRead": True,
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):  # in sort key order: PART#0000, PART#0001, ...
+                if item["sk"]["S"] == f"{PART_PREFIX}{len(parts):04d}":
+                    parts.append(bytes(item["data"]["B"]))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        if len(parts) != ref.parts:
+            raise CorruptBlob(f"configuration blob {ref.sha[:12]} has {len(parts)} of its {ref.parts} parts")
+        return decode(ref, parts)
 
     def document(self) -> tuple[Pointer, dict[str, Any]] | None:
         """The whole applied document (for the CLI), with its pointer; None when nothing is applied."""
