@@ -124,12 +124,12 @@ def test_a_document_far_over_the_item_limit_is_stored_in_parts(db):
 def test_applying_again_writes_only_the_spaces_that_changed(db):
     doc = document(spaces=50)
     apply(db, doc)
-    assert len(db.parts_written) == 52  # the shared part, 50 spaces, the manifest
+    assert len(db.parts_written) == 53  # the shared part, 50 spaces, the whole document, the manifest
     changed = copy.deepcopy(doc)
     changed["spaces"][7]["targets"][0]["aws"]["role_arn"] = "arn:aws:iam::123456789012:role/other"
     db.parts_written.clear()
     apply(db, changed)
-    assert len(db.parts_written) == 2  # that space and the new manifest
+    assert len(db.parts_written) == 3  # that space, the whole document and the manifest
     db.parts_written.clear()
     apply(db, changed)
     assert db.parts_written == []  # the same document again writes no part, only the pointer
@@ -179,8 +179,6 @@ def test_a_tampered_part_is_never_read_as_configuration(db):
     _, parts = configstore.encode(forged)
     db._client.put_item(TableName=db.table, Item={"pk": {"S": f"CONFIGBLOB#{sha}"}, "sk": {"S": "PART#0000"},
                                                   "data": {"B": parts[0]}, "parts": {"N": "1"}})
-    with pytest.raises(CorruptBlob, match="does not match its digest"):
-        Store(db, db.table).get_config()
     functions = config_module.StoredConfig(Store(db, db.table))
     config = functions()
     assert config.spaces["space-0"].targets["t-0"]  # the untouched spaces still serve
@@ -240,3 +238,24 @@ def test_after_an_apply_a_function_rereads_only_what_changed(db, monkeypatch):
     assert config.spaces["space-1"] is not None and parsed == []  # unchanged: kept as parsed
     rule = config.spaces["space-2"].trust[0]
     assert parsed == [2] and rule.claims["repository"].alternatives == ("acme/elsewhere",)
+
+
+def test_a_tampered_document_is_never_read_by_the_cli(db):
+    doc = document()
+    apply(db, doc)
+    sha = configstore.digest(doc)
+    forged = copy.deepcopy(doc)
+    forged["trusted_issuers"][0]["issuer"] = "https://attacker.example.com"
+    _, parts = configstore.encode(forged)
+    db._client.put_item(TableName=db.table, Item={"pk": {"S": f"CONFIGBLOB#{sha}"}, "sk": {"S": "PART#0000"},
+                                                  "data": {"B": parts[0]}, "parts": {"N": "1"}})
+    with pytest.raises(CorruptBlob, match="does not match its digest"):
+        Store(db, db.table).get_config()
+
+
+def test_a_missing_part_is_told_apart_from_a_changed_one(db):
+    apply(db, document())
+    sha = configstore.digest(document())
+    db._client.delete_item(TableName=db.table, Key={"pk": {"S": f"CONFIGBLOB#{sha}"}, "sk": {"S": "PART#0000"}})
+    with pytest.raises(CorruptBlob, match="has 0 of its 1 parts"):
+        Store(db, db.table).get_config()

@@ -9,8 +9,8 @@ Items (pk / sk):
   CONFIGBLOB#<sha256> / PART#<n>  one part of a blob: canonical JSON, zlib-compressed, named by the
                                   sha256 of that JSON (a reader checks it), cut into parts under
                                   DynamoDB's 400 KB item limit.
-A blob is the document's shared part (issuer, trusted_issuers), one of its spaces, or the manifest
-that lists them in the document's order. A space that did not change keeps its blob, so an apply
+A blob is the document's shared part (issuer, trusted_issuers), one of its spaces, the whole
+document (what the CLI reads), or the manifest that lists them in the document's order. A space that did not change keeps its blob, so an apply
 writes only what changed and a function re-reads and re-parses only the spaces whose blob changed,
 each when a request first needs it. Blobs the new manifest no longer names get a ttl a day ahead, so
 readers still holding the previous pointer find them. A pointer written before this layout holds the
@@ -35,7 +35,7 @@ PART_BYTES = 300 * 1024  # compressed bytes per item: well under 400 KB with the
 RETIRE_AFTER = 24 * 3600
 MAX_BLOB_BYTES = 64 * 1024 * 1024  # a blob never inflates past this (a corrupt or hostile item)
 BATCH_WRITE = 25  # DynamoDB's limit per BatchWriteItem
-READERS = 8  # blobs read at once, for a whole document (the CLI)
+READERS = 8  # blobs read or retired at once
 UNPROCESSED_ATTEMPTS = 8
 
 
@@ -57,19 +57,21 @@ class BlobRef:
 class Manifest:
     shared: BlobRef
     spaces: tuple[tuple[str, BlobRef], ...]  # (space name, its blob), in the document's order
+    document: BlobRef  # the whole document, for those that read all of it at once (the CLI)
 
     def refs(self) -> set[BlobRef]:
-        return {self.shared, *(ref for _, ref in self.spaces)}
+        return {self.shared, self.document, *(ref for _, ref in self.spaces)}
 
     def to_json(self) -> dict[str, Any]:
-        return {"shared": [self.shared.sha, self.shared.parts],
+        return {"shared": [self.shared.sha, self.shared.parts], "document": [self.document.sha, self.document.parts],
                 "spaces": [[name, ref.sha, ref.parts] for name, ref in self.spaces]}
 
     @classmethod
     def from_json(cls, value: Any) -> Manifest:
         try:
             return cls(BlobRef(str(value["shared"][0]), int(value["shared"][1])),
-                       tuple((str(name), BlobRef(str(sha), int(parts))) for name, sha, parts in value["spaces"]))
+                       tuple((str(name), BlobRef(str(sha), int(parts))) for name, sha, parts in value["spaces"]),
+                       BlobRef(str(value["document"][0]), int(value["document"][1])))
         except (KeyError, TypeError, ValueError, IndexError):
             raise CorruptBlob("the configuration manifest is not one") from None
 
@@ -96,10 +98,6 @@ def split(document: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dic
     """A validated document's shared part (everything but `spaces`) and its spaces by name, in order."""
     shared = {k: v for k, v in document.items() if k != "spaces"}
     return shared, [(space["name"], space) for space in document.get("spaces") or []]
-
-
-def join(shared: dict[str, Any], spaces: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    return {**shared, "spaces": list(spaces)}
 
 
 def encode(value: Any) -> tuple[BlobRef, list[bytes]]:
@@ -189,8 +187,7 @@ class ConfigItems:
         if pointer.document is not None:
             return pointer, pointer.document
         manifest = self.manifest(pointer)
-        values = self.blobs(manifest.refs())
-        return pointer, join(values[manifest.shared.sha], (values[ref.sha] for _, ref in manifest.spaces))
+        return pointer, self.blobs([manifest.document])[manifest.document.sha]
 
     # -- writing --------------------------------------------------------------------------------
     def put(self, document: dict[str, Any], source: str, applied_at: int) -> str:
@@ -202,13 +199,15 @@ class ConfigItems:
         stored = previous.refs() | {current.manifest} if previous is not None else set()
 
         shared, spaces = split(document)
-        encoded = [encode(shared), *(encode(space) for _, space in spaces)]
-        manifest = Manifest(encoded[0][0], tuple((name, ref) for (name, _), (ref, _) in zip(spaces, encoded[1:])))
+        whole = encode(document)
+        encoded = [encode(shared), whole, *(encode(space) for _, space in spaces)]
+        manifest = Manifest(encoded[0][0], tuple((name, ref) for (name, _), (ref, _) in zip(spaces, encoded[2:])),
+                            whole[0])
         manifest_ref, manifest_parts = encode(manifest.to_json())
         self._write_parts([(ref, parts) for ref, parts in [*encoded, (manifest_ref, manifest_parts)]
                            if ref not in stored])
 
-        sha = digest(document)
+        sha = whole[0].sha
         version = current.version if current is not None else 0
         item = {"pk": {"S": CONFIG_PK}, "sk": {"S": CONFIG_SK}, "version": {"N": str(version + 1)},
                 "manifest": {"S": manifest_ref.sha}, "manifest_parts": {"N": str(manifest_ref.parts)},
@@ -251,12 +250,16 @@ class ConfigItems:
     def _retire(self, refs: set[BlobRef], ttl: int) -> None:
         """Let the table drop blobs no manifest names now, a day on (readers of the previous pointer
         still find them until then). A blob named again later is written again, without a ttl."""
-        for ref in refs:
-            for n in range(ref.parts):
-                try:
-                    self._db.update_item(TableName=self._table, Key=_part_key(ref.sha, n),
-                                         UpdateExpression="SET #ttl = :ttl", ConditionExpression="attribute_exists(pk)",
-                                         ExpressionAttributeNames={"#ttl": "ttl"},
-                                         ExpressionAttributeValues={":ttl": {"N": str(ttl)}})
-                except self._db.exceptions.ConditionalCheckFailedException:
-                    pass
+        from concurrent.futures import ThreadPoolExecutor
+
+        def retire(key: dict[str, Any]) -> None:
+            try:
+                self._db.update_item(TableName=self._table, Key=key, UpdateExpression="SET #ttl = :ttl",
+                                     ConditionExpression="attribute_exists(pk)", ExpressionAttributeNames={"#ttl": "ttl"},
+                                     ExpressionAttributeValues={":ttl": {"N": str(ttl)}})
+            except self._db.exceptions.ConditionalCheckFailedException:
+                pass
+
+        keys = [_part_key(ref.sha, n) for ref in refs for n in range(ref.parts)]
+        with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(keys)))) as pool:
+            list(pool.map(retire, keys))
