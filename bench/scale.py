@@ -198,6 +198,8 @@ def main() -> int:
         return 0
     results = curve(tuple(int(n) for n in args.sizes.split(",")))
     failures = report(results)
+    for failure in failures:
+        print(f"OVER BUDGET: {failure}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 1 if failures else 0
@@ -220,8 +222,6 @@ def report(results: dict[str, object]) -> list[str]:
             print(f"{key:<32}  {value}   (budget {budget})")
             if value > budget:
                 failures.append(f"{key} = {value} (budget {budget})")
-    for failure in failures:
-        print(f"OVER BUDGET: {failure}", file=sys.stderr)
     return failures
 
 

@@ -1,6 +1,7 @@
 """Custom::KeyRing: on Create and Update, puts the stack's KMS signing key into the key ring, sealed
-(and seals the entry of a ring from before the seal), and records the deployment's issuer URL,
-which `oidc-broker apply` checks a configuration against."""
+(and seals the entry of a ring from before the seal), stores the ring's sealed JWKS when it has no
+current one (a ring from before it: the JWKS function serves the entries until then), and records
+the deployment's issuer URL, which `oidc-broker apply` checks a configuration against."""
 
 import time
 

@@ -52,6 +52,9 @@ def handler(event, context):
     for step in outcome.steps:
         logger.info("signing key moved", extra={"kid": step.kid, "step": step.step, "from": step.from_state,
                                                 "to": step.to_state or "removed"})
+    if outcome.restored_jwks is not None:
+        # The JWKS function served the entries until now (a ring from before the stored JWKS, or an edited item).
+        logger.warning("stored JWKS rendered anew", extra={"version": outcome.restored_jwks})
     for kid in outcome.orphans:
         logger.warning("signing key made by a concurrent run scheduled for deletion", extra={"kid": kid})
     for entry, reason in outcome.refused:

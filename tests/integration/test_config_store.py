@@ -15,28 +15,17 @@ from oidc_broker import configstore
 from oidc_broker.configstore import ConfigConflict, CorruptBlob
 from oidc_broker.errors import ServerError
 from oidc_broker.store import Store
-from oidc_broker_cli.local import free_port
-from oidc_broker_cli.local.aws import moto_server
 
 NOW = 1_700_000_000
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    port = free_port()
-    server = moto_server(port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 _tables = iter(range(10_000))
 
 
 @pytest.fixture
-def db(endpoint):
+def db(moto_endpoint):
     """A fresh table per test (moto keeps one state per process)."""
-    client = Counting(boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
+    client = Counting(boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1",
                                    aws_access_key_id="t", aws_secret_access_key="t"))
     client.table = f"config-store-{next(_tables)}"
     client.create_table(

@@ -280,6 +280,10 @@ def test_a_key_ring_entry_of_a_key_the_stack_did_not_create_is_not_published(pla
     assert response.status_code == 200, response.text
     kids = [k["kid"] for k in response.json()["keys"]]
     assert kids and planted.outsider_kid not in kids
+    # The JWKS function serves the ring's stored JWKS and reads no entry; the rotation function,
+    # which renders it from the sealed entries only, names the one it left out (every run, every `keys`).
+    status = planted.http.post("/_local/invoke/RotateKeysFunction", json={"action": "status"})
+    assert status.status_code == 200, status.text
     warnings = [r for r in planted.log_records() if r.get("message") == "key ring entry not published"]
     assert warnings and warnings[0]["kid"] == planted.outsider_kid
     assert warnings[0]["reason"] == "unknown_signing_key"

@@ -1,6 +1,7 @@
 """Key rotation against moto's server over HTTP: the ring's conditional transactions under real
-concurrency, the seal with KMS GenerateMac/VerifyMac, the rotation function's handler end to end,
-and the JWKS's ETag over HTTP in local mode."""
+concurrency, the seal with KMS GenerateMac/VerifyMac, the JWKS stored with each change and the JWKS
+function serving it, the rotation function's handler end to end, and the JWKS's ETag over HTTP in
+local mode."""
 
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ from oidc_broker import keys, rotation
 from oidc_broker.clouds import Backoff
 from oidc_broker.keys import ACTIVE, PENDING, RETIRED, KeyEntry
 from oidc_broker.store import Store
-from oidc_broker_cli.local import free_port
-from oidc_broker_cli.local.aws import moto_server
 
 REPO = Path(__file__).resolve().parents[2]
 LIFE = rotation.Lifecycle(period=1000, jwks_max_age=5, ring_ttl=2, max_token_lifetime=60, margin=1)
@@ -31,12 +30,8 @@ T0 = 1_800_000_000
 
 
 @pytest.fixture(scope="module")
-def endpoint():
-    port = free_port()
-    server = moto_server(port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+def endpoint(moto_endpoint):
+    return moto_endpoint
 
 
 def client(url: str, service: str):
@@ -141,21 +136,39 @@ def at_once(stack: Stack, action: str) -> list[rotation.Outcome]:
 
 # -- the store's transaction -----------------------------------------------------------------------
 
+def next_jwks(stack: Stack, state, entries: list[KeyEntry]) -> keys.RenderedJwks:
+    return rotation.sealed_jwks(stack.seal(), entries, state.version + 1)
+
+
 def test_a_change_of_the_ring_is_refused_when_the_ring_changed_since_it_was_read(stack):
     state = stack.store.key_ring_state()
     first = KeyEntry.from_item(state.keys[0])
-    assert stack.store.change_key_ring(state.version, T0 + 1)
-    assert not stack.store.change_key_ring(state.version, T0 + 2, put=[(first, (ACTIVE,))])
-    assert stack.store.key_ring_state().rotate_requested_at == T0 + 1
+    assert stack.store.change_key_ring(state.version, T0 + 1, jwks=next_jwks(stack, state, [first]))
+    assert not stack.store.change_key_ring(state.version, T0 + 2, jwks=next_jwks(stack, state, []),
+                                           put=[(first, (ACTIVE,))])
+    after = stack.store.key_ring_state()
+    assert after.rotate_requested_at == T0 + 1
+    assert keys.RenderedJwks.from_item(after.jwks) == next_jwks(stack, state, [first])  # the refused one wrote nothing
 
 
 def test_a_change_naming_a_key_in_another_state_writes_nothing_at_all(stack):
     state = stack.store.key_ring_state()
     first = KeyEntry.from_item(state.keys[0])
     moved = replace(first, state=RETIRED)
-    assert not stack.store.change_key_ring(state.version, None, put=[(moved, (PENDING,))])
-    assert not stack.store.change_key_ring(state.version, None, delete=[(first.kid, (RETIRED,))])
-    assert stack.store.key_ring_state().version == state.version and stack.states() == {first.kid: ACTIVE}
+    assert not stack.store.change_key_ring(state.version, None, jwks=next_jwks(stack, state, [moved]),
+                                           put=[(moved, (PENDING,))])
+    assert not stack.store.change_key_ring(state.version, None, jwks=next_jwks(stack, state, []),
+                                           delete=[(first.kid, (RETIRED,))])
+    assert stack.store.key_ring_state() == state and stack.states() == {first.kid: ACTIVE}
+
+
+def test_the_ring_state_stores_the_sealed_jwks_of_its_version_read_as_one_item(stack):
+    version, item = stack.store.ring_jwks()
+    stored = keys.RenderedJwks.from_item(item)
+    assert (version, stored.version) == (1, 1) and isinstance(stored.body, bytes)
+    assert [k["kid"] for k in json.loads(stored.body)["keys"]] == [stack.first.kid]
+    assert stack.seal().verifies(stored)
+    assert stack.store.key_ring_state().jwks == item
 
 
 def test_the_ring_keeps_every_lifecycle_time_and_the_seal(stack):
@@ -264,6 +277,86 @@ def test_a_ring_from_before_the_seal_is_sealed_by_the_key_ring_resource_on_updat
     entry, done = rotation.register_stack_key(stack.store, stack.kms, stack.seal(), stack.stack_key, T0 + 99)
     assert (done, entry.kid) == ("sealed", stack.first.kid)
     assert [k["kid"] for k in reader(stack).jwks()["keys"]] == [stack.first.kid]
+
+
+# -- the JWKS function over moto ---------------------------------------------------------------------
+
+def jwks_function(stack: Stack, monkeypatch) -> object:
+    """functions/jwks/app.py loaded as a fresh container, its variables pointing at moto."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": stack.url, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1", "TABLE_NAME": stack.table, "KEY_RING_SEAL_KEY": stack.seal_key,
+        "JWKS_MAX_AGE": "5", "KEY_RING_TTL": "2", "POWERTOOLS_SERVICE_NAME": "oidc-broker",
+    }.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("jwks_app_under_test", REPO / "functions" / "jwks" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.pop(spec.name, None)
+    spec.loader.exec_module(module)
+    return module
+
+
+class JwksContext:
+    function_name, memory_limit_in_mb, aws_request_id = "JwksFunction", 512, "r-1"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:JwksFunction"
+
+
+def served(module) -> list[str]:
+    response = module.handler({"headers": {}, "requestContext": {"domainName": "id.example.com"}}, JwksContext())
+    assert response["statusCode"] == 200, response
+    return [k["kid"] for k in json.loads(response["body"])["keys"]]
+
+
+def passed_over(caplog) -> list[str]:
+    return [r.reason for r in caplog.records if r.getMessage() == "rendered JWKS not served"]
+
+
+def write_state(stack: Stack, **attributes) -> None:
+    """The ring's state item written straight into the table (an older rotation function, or anyone)."""
+    state = client(stack.url, "dynamodb").get_item(TableName=stack.table, Key={"pk": {"S": "KEYRING"}, "sk": {"S": "STATE"}},
+                                                   ConsistentRead=True)["Item"]
+    client(stack.url, "dynamodb").put_item(TableName=stack.table, Item={**state, **attributes})
+
+
+def test_the_jwks_function_serves_the_stored_jwks_through_three_rotation_cycles(stack, monkeypatch, caplog):
+    run = stack.rotation()
+    for cycle in range(3):
+        run.run()
+        kids = served(jwks_function(stack, monkeypatch))
+        assert kids == [k["kid"] for k in json.loads(stack.store.ring_jwks()[1]["body"])["keys"]]
+        assert sorted(kids) == sorted(k for k, s in stack.states().items() if s != "revoked")
+        stack.clock.now += LIFE.period + LIFE.retention
+    assert passed_over(caplog) == []
+
+
+def test_the_jwks_function_never_serves_a_stored_jwks_someone_planted(stack, monkeypatch, caplog):
+    planted = outsider(stack)
+    body = json.dumps({"keys": [{k: planted.jwk[k] for k in ("kty", "kid", "use", "alg", "n", "e")}]},
+                      separators=(",", ":")).encode()
+    write_state(stack, jwks={"B": body})  # the seal kept: it covers other bytes
+    assert served(jwks_function(stack, monkeypatch)) == [stack.first.kid]
+    assert passed_over(caplog) == [keys.BAD_JWKS_SEAL]
+
+
+def test_a_ring_changed_by_an_older_rotation_is_served_from_its_entries_until_the_next_run(stack, monkeypatch, caplog):
+    state = client(stack.url, "dynamodb").get_item(TableName=stack.table, Key={"pk": {"S": "KEYRING"}, "sk": {"S": "STATE"}},
+                                                   ConsistentRead=True)["Item"]
+    client(stack.url, "dynamodb").put_item(TableName=stack.table, Item={
+        k: v for k, v in state.items() if not k.startswith("jwks")} | {"version": {"N": "7"}})
+    assert served(jwks_function(stack, monkeypatch)) == [stack.first.kid]
+    assert passed_over(caplog) == [keys.NOT_RENDERED]
+    caplog.clear()
+    stack.rotation().run()  # its next run stores it (with its pending key)
+    assert len(served(jwks_function(stack, monkeypatch))) == 2 and passed_over(caplog) == []
+
+
+def test_a_revoked_key_leaves_the_served_jwks_with_the_revocation(stack, monkeypatch):
+    stack.rotation().run()
+    (pending,) = [k for k, s in stack.states().items() if s == PENDING]
+    assert pending in served(jwks_function(stack, monkeypatch))
+    stack.rotation().revoke(pending)
+    assert served(jwks_function(stack, monkeypatch))[:1] == [stack.first.kid]
+    assert pending not in served(jwks_function(stack, monkeypatch))
 
 
 # -- the rotation function, as Lambda runs it ---------------------------------------------------------

@@ -2,8 +2,8 @@
 
 FakeKms makes real RSA keys (Sign is real RSASSA-PKCS1-v1_5 SHA-256) and real HMACs (one secret per
 MAC key), and refuses what KMS refuses: a disabled key or one pending deletion. MemoryRing keeps the
-ring's items, version and requested rotation with the conditional transaction Store.change_key_ring
-makes. Both count their calls, so tests can see what a run cost.
+ring's items, version, requested rotation and stored JWKS with the conditional transaction
+Store.change_key_ring makes (refusing a change without the sealed JWKS of the next version). Both count their calls, so tests can see what a run cost.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import json
 import threading
 from dataclasses import asdict
 from typing import Any
@@ -143,6 +144,7 @@ class MemoryRing:
         self.items: dict[str, dict[str, Any]] = {e.kid: item_of(e) for e in entries}
         self.version = 0
         self.rotate_requested_at: int | None = None
+        self.jwks: dict[str, Any] | None = None  # what Store keeps in the ring's state item
         self.changes = 0
         self.conflicts = 0
         self._lock = threading.Lock()
@@ -154,9 +156,14 @@ class MemoryRing:
     def key_ring_state(self) -> RingState:
         with self._lock:
             return RingState([dict(i, jwk=dict(i["jwk"])) for i in self.items.values()], self.version,
-                             self.rotate_requested_at)
+                             self.rotate_requested_at, None if self.jwks is None else dict(self.jwks))
 
-    def change_key_ring(self, version: int, rotate_requested_at: int | None, *, put=(), delete=()) -> bool:
+    def ring_jwks(self) -> tuple[int, dict[str, Any] | None]:
+        with self._lock:
+            return self.version, None if self.jwks is None else dict(self.jwks)
+
+    def change_key_ring(self, version: int, rotate_requested_at: int | None, *, jwks, put=(), delete=()) -> bool:
+        assert jwks.version == version + 1 and jwks.seal, "every change stores the sealed JWKS of the next version"
         with self._lock:
             fine = version == self.version
             for entry, states in put:
@@ -174,6 +181,7 @@ class MemoryRing:
                 del self.items[kid]
             self.version += 1
             self.rotate_requested_at = rotate_requested_at
+            self.jwks = {"body": jwks.body, "version": jwks.version, "seal": jwks.seal}
             self.changes += 1
             return True
 
@@ -181,6 +189,10 @@ class MemoryRing:
         """Write an item as someone with table access could, outside every function's code."""
         with self._lock:
             self.items[item["kid"]] = dict(item)
+
+    def published_kids(self) -> list[str]:
+        """The kids of the stored JWKS, in its order (none stored: [])."""
+        return [] if self.jwks is None else [k["kid"] for k in json.loads(self.jwks["body"])["keys"]]
 
     def states(self) -> dict[str, str]:
         return {kid: i["state"] for kid, i in self.items.items()}

@@ -153,6 +153,169 @@ def test_verify_refuses_any_critical_header_parameter(ci, cfg, issuer_keys):
     assert refusal(token, cfg, issuer_keys).reason == "unknown_crit"
 
 
+# -- verify: signatures, checked with cryptography from the JWK --------------------------------
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _with_signature(token: str, signature: bytes) -> str:
+    return token.rpartition(".")[0] + "." + _b64(signature)
+
+
+def _signed(key, alg: str, kid: str, claims=None) -> str:
+    """A JWS whose signature is whatever `key.sign` returns (DER for ECDSA), built by hand."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+    message = f"{_b64(json.dumps({'alg': alg, 'kid': kid}).encode())}.{_b64(json.dumps(claims or caller_claims()).encode())}"
+    if alg == "ES256":
+        signature = key.sign(message.encode(), ec.ECDSA(hashes.SHA256()))
+    else:
+        signature = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{message}.{_b64(signature)}"
+
+
+@pytest.mark.parametrize("alg,kid", [("RS256", "rsa-1"), ("ES256", "ec-1")])
+def test_verify_refuses_a_signature_with_one_bit_flipped(ci, cfg, issuer_keys, alg, kid):
+    token = ci.token(alg=alg, kid=kid)
+    signature = bytearray(_unb64(token.rpartition(".")[2]))
+    signature[len(signature) // 2] ^= 0x01
+    assert refusal(_with_signature(token, bytes(signature)), cfg, issuer_keys).reason == "bad_signature"
+
+
+@pytest.mark.parametrize("alg,kid", [("RS256", "rsa-1"), ("ES256", "ec-1")])
+@pytest.mark.parametrize("change", ["truncated", "extended", "empty"])
+def test_verify_refuses_a_signature_of_the_wrong_length(ci, cfg, issuer_keys, alg, kid, change):
+    token = ci.token(alg=alg, kid=kid)
+    signature = _unb64(token.rpartition(".")[2])
+    signature = {"truncated": signature[:-1], "extended": signature + b"\0", "empty": b""}[change]
+    assert refusal(_with_signature(token, signature), cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_refuses_an_es256_signature_in_der_form(ci, cfg, issuer_keys):
+    token = _signed(ci.ec_key, "ES256", "ec-1")
+    assert len(_unb64(token.rpartition(".")[2])) != 64
+    assert refusal(token, cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_accepts_the_same_es256_signature_in_raw_form(ci, cfg, issuer_keys):
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    token = _signed(ci.ec_key, "ES256", "ec-1")
+    r, s = decode_dss_signature(_unb64(token.rpartition(".")[2]))
+    raw = _with_signature(token, r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    assert callers.verify(raw, cfg, issuer_keys, NOW).subject == caller_claims()["sub"]
+
+
+def test_verify_refuses_a_1024_bit_rsa_key(ci, cfg, clock):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    ci.keys = [public_jwk(weak, "rsa-1")]
+    assert refusal(ci.token(key=weak), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+def test_verify_refuses_a_forgery_for_an_rsa_key_with_exponent_one(ci, cfg, clock):
+    # With e = 1 the signature is its own padded digest: anyone can forge one.
+    import hashlib
+
+    n = int.from_bytes(_unb64(public_jwk(ci.rsa_key, "rsa-1")["n"]), "big")
+    message = ci.token().rpartition(".")[0]
+    digest_info = bytes.fromhex("3031300d060960864801650304020105000420") + hashlib.sha256(message.encode()).digest()
+    padded = b"\x00\x01" + b"\xff" * (256 - 3 - len(digest_info)) + b"\x00" + digest_info
+    assert int.from_bytes(padded, "big") < n
+    ci.keys = [{**public_jwk(ci.rsa_key, "rsa-1"), "e": _b64(b"\x01")}]
+    forged = f"{message}.{_b64(padded)}"
+    assert refusal(forged, cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+@pytest.mark.parametrize("e", [b"\x01", b"\x02", b"\x01\x00\x00", b""])
+def test_verify_refuses_an_rsa_key_whose_exponent_is_one_even_or_empty(ci, cfg, clock, e):
+    ci.keys = [{**public_jwk(ci.rsa_key, "rsa-1"), "e": _b64(e)}]
+    assert refusal(ci.token(), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+@pytest.mark.parametrize("member", ["n", "e"])
+def test_verify_refuses_an_rsa_key_member_with_a_leading_zero_octet(ci, cfg, clock, member):
+    jwk = public_jwk(ci.rsa_key, "rsa-1")
+    ci.keys = [{**jwk, member: _b64(b"\0" + _unb64(jwk[member]))}]
+    assert refusal(ci.token(), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+@pytest.mark.parametrize("value", [None, 65537, "", "a", "AQAB=", "AQ+B"])
+def test_verify_refuses_an_rsa_exponent_that_is_not_base64url(ci, cfg, clock, value):
+    ci.keys = [{**public_jwk(ci.rsa_key, "rsa-1"), "e": value}]
+    assert refusal(ci.token(), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+@pytest.mark.parametrize("member", ["x", "y"])
+@pytest.mark.parametrize("change", ["leading zero", "short"])
+def test_verify_refuses_an_ec_coordinate_that_is_not_32_bytes(ci, cfg, clock, member, change):
+    jwk = public_jwk(ci.ec_key, "ec-1")
+    raw = _unb64(jwk[member])
+    ci.keys = [{**jwk, member: _b64(b"\0" + raw if change == "leading zero" else raw[1:])}]
+    assert refusal(ci.token(alg="ES256", kid="ec-1"), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+def test_verify_refuses_an_ec_point_off_the_curve(ci, cfg, clock):
+    jwk = public_jwk(ci.ec_key, "ec-1")
+    y = (int.from_bytes(_unb64(jwk["y"]), "big") ^ 1).to_bytes(32, "big")
+    ci.keys = [{**jwk, "y": _b64(y)}]
+    assert refusal(ci.token(alg="ES256", kid="ec-1"), cfg, IssuerKeys(ci.fetch, clock)).reason == "bad_signature"
+
+
+def test_verify_refuses_a_signature_over_a_re_encoded_header(ci, cfg, issuer_keys):
+    head, payload, signature = ci.token().split(".")
+    padded_head = _b64(_unb64(head) + b" ")  # the same header JSON, other bytes
+    assert refusal(f"{padded_head}.{payload}.{signature}", cfg, issuer_keys).reason == "bad_signature"
+
+
+def test_verify_builds_each_public_key_once_while_its_jwk_is_unchanged(ci, cfg, clock, monkeypatch):
+    built = []
+    build = callers._build_key
+    monkeypatch.setattr(callers, "_build_key", lambda jwk, kty: built.append(jwk["kid"]) or build(jwk, kty))
+    monkeypatch.setattr(callers, "_public_keys", {})
+    keys = IssuerKeys(ci.fetch, clock)
+    for _ in range(3):
+        callers.verify(ci.token(), cfg, keys, NOW)
+    assert built == ["rsa-1"]
+
+
+def test_verify_uses_the_new_key_when_a_kid_is_reused_for_another_key(ci, cfg, clock, other_rsa_key, monkeypatch):
+    monkeypatch.setattr(callers, "_public_keys", {})
+    callers.verify(ci.token(), cfg, IssuerKeys(ci.fetch, clock), NOW)
+    ci.keys = [public_jwk(other_rsa_key, "rsa-1")]
+    keys = IssuerKeys(ci.fetch, clock)
+    assert callers.verify(ci.token(key=other_rsa_key), cfg, keys, NOW)
+    assert refusal(ci.token(), cfg, keys).reason == "bad_signature"
+
+
+def test_verify_keeps_a_bounded_number_of_public_keys(ci, cfg, clock, monkeypatch):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    monkeypatch.setattr(callers, "_public_keys", {})
+    for i in range(callers.MAX_CACHED_KEYS + 5):
+        key = ec.generate_private_key(ec.SECP256R1())
+        ci.keys = [public_jwk(key, f"ec-{i}")]
+        callers.verify(ci.token(alg="ES256", kid=f"ec-{i}", key=key), cfg, IssuerKeys(ci.fetch, clock), NOW)
+    assert len(callers._public_keys) == callers.MAX_CACHED_KEYS
+
+
+def test_importing_callers_does_not_import_pyjwt():
+    import subprocess
+    import sys
+
+    code = "import sys, oidc_broker.callers; print('jwt' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": callers.__file__.rsplit("/oidc_broker/", 1)[0]}).stdout
+    assert out.strip() == "False"
+
+
 # -- verify: issuers ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

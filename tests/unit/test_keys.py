@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from builders import Clock, public_der
@@ -398,3 +399,33 @@ def test_runtime_key_ring_caches_for_the_lifecycles_ring_ttl(monkeypatch):
     monkeypatch.setenv("KEY_RING_SEAL_KEY", SEAL_KEY)
     monkeypatch.setenv("KEY_RING_TTL", "2")
     assert runtime.key_ring(FakeSource([]), kms)._ttl == 2
+
+
+# -- the rendered JWKS ----------------------------------------------------------------------------------
+
+def test_the_jwks_body_is_the_same_bytes_for_the_same_entries_in_any_order():
+    ring = [entry("b", RETIRED, 1), entry("a", RETIRED, 1), entry("s", ACTIVE, 2), entry("p", PENDING, 3)]
+    bodies = {keys.jwks_body(order) for order in (ring, ring[::-1], ring[1:] + ring[:1])}
+    assert len(bodies) == 1
+    assert [k["kid"] for k in json.loads(bodies.pop())["keys"]] == ["s", "p", "a", "b"]
+
+
+def test_a_rendered_jwks_seal_covers_its_body_and_its_version():
+    kms = FakeKms()
+    seal = keys.Seal(kms, SEAL_KEY)
+    rendered = keys.RenderedJwks.of([entry("a", ACTIVE)], 4)
+    rendered = keys.RenderedJwks(rendered.body, rendered.version, seal.make(rendered))
+    assert seal.verifies(rendered)
+    assert not seal.verifies(keys.RenderedJwks(rendered.body, 5, rendered.seal))
+    assert not seal.verifies(keys.RenderedJwks(keys.jwks_body([entry("x", ACTIVE)]), 4, rendered.seal))
+
+
+def test_an_entrys_seal_never_vouches_for_a_jwks_nor_a_jwks_seal_for_an_entry():
+    kms = FakeKms()
+    seal = keys.Seal(kms, SEAL_KEY)
+    a = sealed(entry("a", ACTIVE), kms)
+    # A JWKS whose bytes are the entry's sealed message, under the entry's seal: the context line differs.
+    assert not seal.verifies(keys.RenderedJwks(a.sealed_message(), 1, a.seal))
+    rendered = keys.RenderedJwks.of([a], 1)
+    jwks_seal = seal.make(rendered)
+    assert not seal.verifies(KeyEntry(a.kid, a.key_arn, ACTIVE, a.jwk, a.created_at, seal=jwks_seal))

@@ -362,11 +362,12 @@ def test_the_loser_of_a_race_for_the_pending_key_schedules_its_kms_key_for_delet
             self.__dict__.update(inner.__dict__)
             self.other, self.raced = other, False
 
-        def change_key_ring(self, version, requested, *, put=(), delete=()):
+        def change_key_ring(self, version, requested, *, jwks, put=(), delete=()):
             if not self.raced:
                 self.raced = True
-                assert super().change_key_ring(version, requested, put=[(self.other, ())])
-            return super().change_key_ring(version, requested, put=put, delete=delete)
+                theirs = rotation.sealed_jwks(w.seal, [self.other], version + 1)
+                assert super().change_key_ring(version, requested, jwks=theirs, put=[(self.other, ())])
+            return super().change_key_ring(version, requested, jwks=jwks, put=put, delete=delete)
 
     theirs = keys.public_entry(w.kms, w.kms.add_key(pool[-1]), PENDING, T0)
     theirs = replace(theirs, seal=w.seal.make(theirs))
@@ -570,3 +571,140 @@ def test_a_ring_that_keeps_changing_under_a_revoke_is_reported_not_taken_for_don
     with pytest.raises(RuntimeError, match="kept changing"):
         w.rotation.revoke(w.first.kid)
     assert w.states()[w.first.kid] == ACTIVE
+
+
+# -- the stored JWKS ---------------------------------------------------------------------------------
+
+def stored_jwks(ring: MemoryRing) -> keys.RenderedJwks:
+    return keys.RenderedJwks.from_item(ring.jwks)
+
+
+def assert_in_step(w_ring: MemoryRing, seal: keys.Seal) -> None:
+    """The stored JWKS is the ring's: its version, its sealed entries, under a seal that verifies."""
+    stored = stored_jwks(w_ring)
+    admitted, _ = keys.admit((KeyEntry.from_item(i) for i in w_ring.key_ring()), seal)
+    assert stored.version == w_ring.version and stored.body == keys.jwks_body(admitted)
+    assert seal.verifies(stored)
+
+
+def test_every_change_of_a_cycle_stores_the_jwks_of_the_ring_as_changed(pool):
+    w = World(pool)
+    w.rotation.run()  # create
+    (pending,) = w.by_state(PENDING)
+    assert w.ring.published_kids() == [w.first.kid, pending]
+    assert_in_step(w.ring, w.seal)
+    w.clock.now = T0 + LIFE.period
+    w.rotation.run()  # activate + retire (one change), then the next pending key
+    (successor,) = w.by_state(PENDING)
+    assert w.ring.published_kids() == [pending, successor, w.first.kid]
+    assert_in_step(w.ring, w.seal)
+    w.clock.now = T0 + 2 * LIFE.period + LIFE.retention
+    w.rotation.run()  # the next cycle, the first key removed
+    assert w.first.kid not in w.ring.published_kids() and w.first.kid not in w.states()
+    assert_in_step(w.ring, w.seal)
+
+
+def test_a_revoked_key_leaves_the_stored_jwks_in_the_same_change(pool):
+    w = World(pool)
+    w.rotation.run()
+
+    class Watching(MemoryRing):
+        """Sees each change as the table would: entries and JWKS in one write."""
+
+        def __init__(self, inner: MemoryRing):
+            self.__dict__.update(inner.__dict__)
+            self.seen: list[tuple[dict, list[str]]] = []
+
+        def change_key_ring(self, *args, **kwargs):
+            applied = super().change_key_ring(*args, **kwargs)
+            self.seen.append((self.states(), self.published_kids()))
+            return applied
+
+    w.rotation._store = w.ring = Watching(w.ring)
+    (pending,) = w.by_state(PENDING)
+    w.rotation.revoke(pending)
+    states, published = w.ring.seen[0]
+    assert states[pending] == REVOKED and pending not in published and published == [w.first.kid]
+    assert_in_step(w.ring, w.seal)
+
+
+def test_entries_without_the_stacks_seal_never_reach_the_stored_jwks(pool):
+    w = World(pool)
+    w.ring.plant(item_of(entry("planted", RETIRED, T0 - 5)))
+    w.rotation.run()
+    assert "planted" not in w.ring.published_kids() and len(w.ring.published_kids()) == 2
+
+
+def test_a_run_stores_the_jwks_of_a_ring_from_before_it_and_the_next_run_changes_nothing(pool):
+    w = World(pool)
+    w.rotation.run()
+    w.ring.jwks = None  # as a ring changed by an older rotation function
+    w.rotation.run()
+    assert_in_step(w.ring, w.seal)
+    changes = w.ring.changes
+    w.rotation.run()
+    assert (w.ring.changes, w.kms.count("CreateKey")) == (changes, 1)
+
+
+@pytest.mark.parametrize("tamper", ["stale version", "bad seal", "another body"])
+def test_a_run_replaces_a_stored_jwks_that_is_not_the_rings(pool, tamper):
+    w = World(pool)
+    w.rotation.run()
+    stored = dict(w.ring.jwks)
+    if tamper == "stale version":
+        stored["version"] -= 1
+    elif tamper == "bad seal":
+        stored["seal"] = w.first.seal
+    else:
+        stored["body"] = keys.jwks_body([w.first])
+    w.ring.jwks = stored
+    w.rotation.run()
+    assert_in_step(w.ring, w.seal)
+
+
+def test_status_never_writes_the_jwks(pool):
+    w = World(pool)
+    w.rotation.status()
+    assert (w.ring.jwks, w.ring.changes) == (None, 0)
+
+
+def test_registering_the_stack_key_stores_the_jwks_and_of_a_ring_from_before_it_too(rsa_key):
+    kms, ring = FakeKms(), MemoryRing()
+    seal = keys.Seal(kms, SEAL_KEY)
+    arn = kms.add_key(rsa_key)
+    made, _ = rotation.register_stack_key(ring, kms, seal, arn, T0)
+    assert ring.published_kids() == [made.kid]
+    assert_in_step(ring, seal)
+    ring.jwks = None  # a ring the stack's previous version changed
+    again, done = rotation.register_stack_key(ring, kms, seal, arn, T0 + 5)
+    assert (again, done, ring.changes) == (made, "unchanged", 2)
+    assert_in_step(ring, seal)
+
+
+def test_a_stack_key_rotated_out_still_leaves_the_jwks_current(pool):
+    w = World(pool)
+    w.rotation.run()
+    w.ring.jwks = None
+    gone = w.kms.add_key(pool[-1])
+    w.kms.disable_key(gone.rsplit("/", 1)[-1])
+    made, done = rotation.register_stack_key(w.ring, w.kms, w.seal, gone, T0)
+    assert (made, done) == (None, "rotated_out")
+    assert_in_step(w.ring, w.seal)
+
+
+def test_the_store_refuses_a_change_without_the_sealed_jwks_of_the_next_version():
+    from oidc_broker.store import Store
+
+    unsealed = keys.RenderedJwks.of([], 1)
+    with pytest.raises(ValueError, match="sealed JWKS of version 1"):
+        Store(object(), "t").change_key_ring(0, None, jwks=unsealed)
+    with pytest.raises(ValueError, match="sealed JWKS of version 1"):
+        Store(object(), "t").change_key_ring(0, None, jwks=replace(unsealed, version=2, seal="s"))
+
+
+def test_a_run_that_stores_the_jwks_anew_says_which_version(pool):
+    w = World(pool)
+    w.rotation.run()
+    assert w.rotation.run().restored_jwks is None
+    w.ring.jwks = None
+    assert w.rotation.run().restored_jwks == w.ring.version

@@ -2,8 +2,9 @@
 minted all the time, and every token is checked by verifiers that cache the JWKS as its
 Cache-Control allows and refetch on an unknown kid with a cooldown (as PyJWT's PyJWKClient and the
 clouds do). Real RS256: each token is signed by its (fake) KMS key through keys.KmsSigner and
-verified by PyJWT against the JWKS the functions serve (api.cacheable_json_response over a
-keys.KeyRing, sealed).
+verified by PyJWT against the JWKS the functions serve (api.cacheable_body_response over the
+ring's stored JWKS, keys.PublishedJwks, sealed), which every rotation run is checked to keep in step
+with the ring.
 
 The period is shortened below the longest token lifetime, so retired keys pile up until their
 tokens have expired, and one rotation is requested by the operator right after the one before, so
@@ -46,13 +47,15 @@ class Clock:
 
 
 class JwksServer:
-    """The JWKS function in one container: its own key ring cache, the real response shape."""
+    """The JWKS function in one container: the ring's stored JWKS through its cache, the real response shape."""
 
     def __init__(self, ring: MemoryRing, kms: FakeKms, clock: Clock):
-        self.key_ring = keys.KeyRing(ring, clock, ttl=LIFE.ring_ttl, seal=keys.Seal(kms, SEAL_KEY))
+        self.jwks = keys.PublishedJwks(ring, keys.Seal(kms, SEAL_KEY), clock, ttl=LIFE.ring_ttl)
 
     def get(self) -> tuple[dict, int]:
-        response = api.cacheable_json_response({"headers": {}}, self.key_ring.jwks(), max_age=LIFE.jwks_max_age)
+        body = self.jwks.body()
+        assert self.jwks.passed_over() is None, "served the stored JWKS, not the entries"
+        response = api.cacheable_body_response({"headers": {}}, body.decode(), max_age=LIFE.jwks_max_age)
         max_age = int(re.fullmatch(r"public, max-age=(\d+)", response["headers"]["Cache-Control"]).group(1))
         return json.loads(response["body"]), max_age
 
@@ -116,7 +119,7 @@ class Deployment:
     def __init__(self, pool, lifecycle: Lifecycle = LIFE):
         self.clock = Clock()
         self.kms = FakeKms(key_pool=list(pool[1:]))
-        seal = keys.Seal(self.kms, SEAL_KEY)
+        self.seal = seal = keys.Seal(self.kms, SEAL_KEY)
         first = keys.public_entry(self.kms, self.kms.add_key(pool[0]), ACTIVE, T0)
         self.ring = MemoryRing(replace(first, seal=seal.make(first)))
         self.rotation = rotation.Rotation(self.ring, self.kms, seal, lifecycle, self.clock,
@@ -125,14 +128,25 @@ class Deployment:
         self.minters = [Minter(self.ring, self.kms, self.clock) for _ in range(3)]
         self.verifiers = [Verifier(self.servers, self.clock, cooldown=c) for c in (30, 60, 120, 300)]
         self.next_run = T0
+        self.rendered_versions: list[int] = []
 
     def tick(self) -> None:
         if self.clock.now >= self.next_run:
             self.rotation.run()
+            self.assert_jwks_in_step()
             self.next_run += RUN_EVERY
 
+    def assert_jwks_in_step(self) -> None:
+        """The stored JWKS renders the ring's version, from its sealed entries, under a valid seal."""
+        stored = keys.RenderedJwks.from_item(self.ring.jwks)
+        admitted, _ = keys.admit((KeyEntry.from_item(i) for i in self.ring.key_ring()), self.seal)
+        assert stored.version == self.ring.version and stored.body == keys.jwks_body(admitted)
+        assert self.seal.verifies(stored)
+        if stored.version not in self.rendered_versions:
+            self.rendered_versions.append(stored.version)
+
     def published(self) -> set[str]:
-        return {k["kid"] for k in self.servers[0].key_ring.jwks()["keys"]}
+        return {k["kid"] for k in self.servers[0].get()[0]["keys"]}
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +213,8 @@ def test_three_rotation_cycles_with_tokens_minted_throughout_fail_no_verificatio
     assert checked == 3 * minted and minted >= (2 * LIFE.period + LIFE.publication_delay) // TICK
     # Keys whose tokens had all expired were removed meanwhile, their KMS keys scheduled for deletion.
     assert d.kms.count("ScheduleKeyDeletion") >= 2
+    # Every change of the ring (create, activate, remove; three cycles) stored its own JWKS.
+    assert len(d.rendered_versions) >= 9 and d.rendered_versions[-1] == d.ring.version
 
 
 @pytest.mark.parametrize("shortened", [
@@ -254,6 +270,8 @@ def test_tokens_of_a_revoked_key_fail_once_verifiers_refresh_and_new_tokens_veri
     revoked_at = d.clock.now
     outcome = d.rotation.revoke(revoked)
     assert revoked not in {KeyEntry.from_item(i).kid for i in d.ring.key_ring()}  # out of the ring at once
+    assert revoked not in d.ring.published_kids()  # and out of the stored JWKS, in the same change
+    d.assert_jwks_in_step()
     assert any(f"up to {LIFE.cached_for}s" in n for n in outcome.report["notices"])
     # Once every cache has moved on (JWKS max-age + key ring cache), the revoked key's tokens fail.
     d.clock.now = revoked_at + LIFE.cached_for + 1

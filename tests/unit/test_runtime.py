@@ -19,11 +19,22 @@ class Session:
         return object()
 
 
-def test_the_token_functions_clients_come_from_one_session(monkeypatch):
+def test_the_token_functions_clients_are_the_lean_ones_and_no_boto3_session(monkeypatch):
+    from oidc_broker import awsjson
+
+    monkeypatch.setenv("TABLE_NAME", "t")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setattr(runtime, "session", lambda: (_ for _ in ()).throw(AssertionError("a boto3 session")))
+    broker = runtime.broker()
+    assert isinstance(broker._store._db, awsjson.Client)
+    assert isinstance(broker._signer._kms, awsjson.Client)
+
+
+def test_a_broker_given_a_session_makes_every_client_from_it(monkeypatch):
     monkeypatch.setenv("TABLE_NAME", "t")
     monkeypatch.setattr(runtime, "session", Session)
     Session.instances = 0
-    runtime.broker()
+    runtime.broker(boto3_session=Session())
     assert Session.instances == 1
 
 

@@ -130,7 +130,11 @@ def _json_response(status: int, body: str, *, cache_control: str, headers: dict[
 def cacheable_json_response(event: dict[str, Any], payload: Any, *, max_age: int) -> dict[str, Any]:
     """A public document with `Cache-Control: public, max-age` and a strong ETag (a hash of the body);
     304 with no body, and the same two headers, when the request's If-None-Match names that ETag."""
-    body = _json_body(payload)
+    return cacheable_body_response(event, _json_body(payload), max_age=max_age)
+
+
+def cacheable_body_response(event: dict[str, Any], body: str, *, max_age: int) -> dict[str, Any]:
+    """cacheable_json_response for a JSON body already serialised (the stored JWKS), served as it is."""
     etag = '"' + b64url(hashlib.sha256(body.encode()).digest()[:18]) + '"'
     cache_control = f"public, max-age={max_age}"
     if _none_match(header(event, "if-none-match"), etag):

@@ -11,8 +11,10 @@ Whoever can write a ring item could name any key in it, so an entry counts only 
 an HMAC by the stack's seal key (KMS, GenerateMac) over the entry's immutable fields. Only the key
 ring and rotation functions may make one; the readers verify it (VerifyMac) once per container and
 publish or sign with nothing else. The JWKS is rendered from the entries' stored public JWKs, so
-serving it needs no signing-key call. `kid` is the RFC 7638 thumbprint, never the key ARN. Rotation
-(which entry moves when) is rotation.py's; this module never changes a state.
+serving it needs no signing-key call. Every change of the ring also stores the JWKS it renders
+(RenderedJwks: the exact body, the ring version, a seal over both), so the JWKS function reads one
+item and verifies one seal (PublishedJwks). `kid` is the RFC 7638 thumbprint, never the key ARN.
+Rotation (which entry moves when) is rotation.py's; this module never changes a state.
 """
 
 from __future__ import annotations
@@ -93,11 +95,47 @@ class KeyEntry:
                           separators=(",", ":"), sort_keys=True).encode()
 
 
-def render_jwks(entries: list[KeyEntry]) -> dict[str, list[dict[str, str]]]:
+def render_jwks(entries: Iterable[KeyEntry]) -> dict[str, list[dict[str, str]]]:
     """The JWKS: every published key, signing key first, each with only public members."""
     order = {ACTIVE: 0, PENDING: 1, RETIRED: 2}
-    published = sorted((e for e in entries if e.state in PUBLISHED_STATES), key=lambda e: (order[e.state], -e.created_at))
+    published = sorted((e for e in entries if e.state in PUBLISHED_STATES),
+                       key=lambda e: (order[e.state], -e.created_at, e.kid))
     return {"keys": [{k: e.jwk[k] for k in ("kty", "kid", "use", "alg", "n", "e")} for e in published]}
+
+
+def jwks_body(entries: Iterable[KeyEntry]) -> bytes:
+    """The JWKS as served: compact JSON, the same bytes for the same entries in any order."""
+    return json.dumps(render_jwks(entries), separators=(",", ":")).encode()
+
+
+# What a rendered JWKS's seal covers starts with this line, so it never reads as an entry's sealed
+# message (a JSON object) and neither seal can stand for the other.
+_JWKS_SEAL_CONTEXT = b"oidc-broker jwks\n"
+
+
+@dataclass(frozen=True)
+class RenderedJwks:
+    """The JWKS as of one version of the ring, written with that version (Store.change_key_ring).
+
+    `body` is served as it is; `seal` covers it and `version`, so the table cannot name a key the
+    stack did not render, nor pass one version's JWKS off as another's.
+    """
+
+    body: bytes
+    version: int
+    seal: str | None = None
+
+    @classmethod
+    def of(cls, entries: Iterable[KeyEntry], version: int) -> RenderedJwks:
+        """The unsealed JWKS of `entries` (sealed entries only: the caller admits them) as `version`."""
+        return cls(jwks_body(entries), version)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> RenderedJwks:
+        return cls(bytes(item["body"]), int(item["version"]), item.get("seal"))
+
+    def sealed_message(self) -> bytes:
+        return _JWKS_SEAL_CONTEXT + str(self.version).encode() + b"\n" + self.body
 
 
 def signing_entry(entries: list[KeyEntry]) -> KeyEntry | None:
@@ -113,8 +151,17 @@ UNKNOWN_KEY = "unknown_signing_key"  # no seal: not an entry the stack made
 BAD_SEAL = "invalid_seal"  # a seal that does not verify: forged, or the entry was edited
 
 
+class Sealed(Protocol):
+    """What the seal vouches for: a key ring entry or a rendered JWKS."""
+
+    seal: str | None
+
+    def sealed_message(self) -> bytes: ...
+
+
 class Seal:
-    """The stack's key ring seal: an HMAC (KMS HMAC_256 key) over each entry's immutable fields.
+    """The stack's key ring seal: an HMAC (KMS HMAC_256 key) over each entry's immutable fields and
+    over each rendered JWKS with its version.
 
     `make` seals (kms:GenerateMac: the key ring and rotation functions only); `verifies` checks
     (kms:VerifyMac) and remembers each answer for the container's life, keyed by the sealed content
@@ -127,13 +174,13 @@ class Seal:
         self._key_id = key_id
         self._verified: dict[tuple[bytes, str], bool] = {}
 
-    def make(self, entry: KeyEntry) -> str:
+    def make(self, entry: Sealed) -> str:
         if not self._key_id:
             raise ValueError("KEY_RING_SEAL_KEY is not set: the key ring cannot be sealed")
         mac = self._kms.generate_mac(KeyId=self._key_id, Message=entry.sealed_message(), MacAlgorithm=SEAL_ALGORITHM)
         return b64url(mac["Mac"])
 
-    def verifies(self, entry: KeyEntry) -> bool:
+    def verifies(self, entry: Sealed) -> bool:
         if not self._key_id or not entry.seal:
             return False
         message = entry.sealed_message()
@@ -214,6 +261,67 @@ def admit(entries: Iterable[KeyEntry], seal: Seal | None) -> tuple[list[KeyEntry
         else:
             admitted.append(entry)
     return admitted, refused
+
+
+class RingJwksSource(KeyRingSource, Protocol):
+    def ring_jwks(self) -> tuple[int, dict[str, Any] | None]: ...
+
+
+# Why the JWKS function passed over the rendered JWKS and rendered the sealed entries itself.
+NOT_RENDERED = "jwks_not_rendered"  # a ring last changed before the JWKS was rendered with it
+STALE_JWKS = "jwks_version_mismatch"  # rendered for another version than the ring's
+BAD_JWKS_SEAL = "invalid_jwks_seal"  # no seal, or one that does not verify: forged or edited
+
+
+class PublishedJwks:
+    """The JWKS as the JWKS function serves it: the ring's rendered JWKS, read as one item every
+    `ttl` seconds and served once its seal verifies and it renders the ring's current version.
+
+    Otherwise (a ring from before the JWKS was rendered with it, or an item someone edited) it
+    renders the sealed entries itself (KeyRing), as readers did before: `passed_over()` says why,
+    `refused()` lists the entries left out, for the shell to log. `body()` is None while no key is
+    published: a verifier must never cache an empty key set. An unchanged item costs no KMS call
+    (Seal remembers the answer); an error reading it is raised, never answered with a guess.
+    """
+
+    def __init__(self, source: RingJwksSource, seal: Seal, clock: Callable[[], float], ttl: float = RING_TTL):
+        self._source = source
+        self._seal = seal
+        self._clock = clock
+        self._ttl = ttl
+        self._ring = KeyRing(source, clock, ttl, seal=seal)
+        self._body: bytes | None = None
+        self._loaded_at = 0.0
+        self._passed_over: str | None = None
+
+    def body(self) -> bytes | None:
+        now = self._clock()
+        if self._body is None or now - self._loaded_at >= self._ttl:
+            version, item = self._source.ring_jwks()
+            rendered = None if item is None else RenderedJwks.from_item(item)
+            self._passed_over = self._problem(rendered, version)
+            body = rendered.body if self._passed_over is None else jwks_body(self._ring.entries())
+            # Never cached without a key: the next request looks again.
+            if not json.loads(body)["keys"]:
+                self._body = None
+                return None
+            self._body, self._loaded_at = body, now
+        return self._body
+
+    def _problem(self, rendered: RenderedJwks | None, version: int) -> str | None:
+        if rendered is None:
+            return NOT_RENDERED
+        if rendered.version != version:
+            return STALE_JWKS
+        return None if self._seal.verifies(rendered) else BAD_JWKS_SEAL
+
+    def passed_over(self) -> str | None:
+        """Why the last read served the entries instead of the rendered JWKS; None when it did not."""
+        return self._passed_over
+
+    def refused(self) -> list[tuple[KeyEntry, str]]:
+        """The entries left out of the last read, when it rendered them itself."""
+        return self._ring.refused() if self._passed_over is not None else []
 
 
 class KmsSigner:

@@ -13,7 +13,10 @@ sign only after `publication_delay`. Keep after retire: tokens signed by a retir
 `plan` is pure (entries, a time, the lifecycle). `Rotation` applies the plan with the store and
 KMS: each change of the ring is one conditional transaction on the ring's version, so two runs at
 once cannot both change it, and the loser of a race for the pending key schedules the deletion of
-the KMS key it made. Never leaves the ring without an active key. Never logs; the shell does.
+the KMS key it made. Each change also stores the sealed JWKS of the ring as changed, rendered from
+the sealed entries only; a run (and the key ring resource at deploy) renders it again when the
+stored one is missing, for another version, or not what the entries render. Never leaves the ring
+without an active key. Never logs; the shell does.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from typing import Any
 from .clouds import Backoff
 from .clouds.aws import error_code
 from .errors import InvalidRequest, quoted
-from .keys import (ACTIVE, JWKS_MAX_AGE, LEGACY_PENDING, PENDING, RETIRED, REVOKED, RING_TTL, KeyEntry, Seal, admit,
-                   public_entry)
+from .keys import (ACTIVE, JWKS_MAX_AGE, LEGACY_PENDING, PENDING, RETIRED, REVOKED, RING_TTL, KeyEntry, RenderedJwks,
+                   Seal, admit, jwks_body, public_entry)
 from .validation import MAX_LIFETIME
 
 DAY = 86400
@@ -267,6 +270,7 @@ class Outcome:
     report: dict[str, Any] = field(default_factory=dict)
     refused: list[tuple[KeyEntry, str]] = field(default_factory=list)
     active_age: int | None = None
+    restored_jwks: int | None = None  # the ring version whose JWKS this run stored anew (missing or not the ring's)
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,28 @@ class _Ring:
     refused: list[tuple[KeyEntry, str]]
     version: int
     rotate_requested_at: int | None
+    jwks: RenderedJwks | None = None
+
+
+def changed(entries: Sequence[KeyEntry], put: Sequence[tuple[KeyEntry, Any]] = (),
+            delete: Sequence[tuple[str, Any]] = ()) -> list[KeyEntry]:
+    """The entries once `put` and `delete` (as Store.change_key_ring takes them) are applied."""
+    replacing = {entry.kid: entry for entry, _ in put}
+    gone = {kid for kid, _ in delete}
+    kept = [replacing.pop(e.kid, e) for e in entries if e.kid not in gone]
+    return kept + [e for kid, e in replacing.items() if kid not in gone]
+
+
+def sealed_jwks(seal: Seal, entries: Sequence[KeyEntry], version: int) -> RenderedJwks:
+    """The JWKS of `entries` (admitted ones only) as `version`, sealed."""
+    rendered = RenderedJwks.of(entries, version)
+    return replace(rendered, seal=seal.make(rendered))
+
+
+def renders_current(stored: RenderedJwks | None, version: int, entries: Sequence[KeyEntry], seal: Seal) -> bool:
+    """Whether the stored JWKS is the one to serve for the ring at `version` with these (admitted) entries."""
+    return (stored is not None and stored.version == version and stored.body == jwks_body(entries)
+            and seal.verifies(stored))
 
 
 class Rotation:
@@ -315,7 +341,7 @@ class Rotation:
             ring = self._load()
             if ring.rotate_requested_at is not None:
                 break
-            if self._store.change_key_ring(ring.version, self.now()):
+            if self._change(ring, self.now()):
                 break
             outcome.conflicts += 1
         else:
@@ -346,7 +372,7 @@ class Rotation:
                     continue
                 put.append((replace(pending, state=ACTIVE, activated_at=now), STORED_STATES[PENDING]))
             requested = None if pending is not None else ring.rotate_requested_at
-            if self._store.change_key_ring(ring.version, requested, put=put):
+            if self._change(ring, requested, put=put):
                 outcome.steps.append(Step("revoke", kid, now, entry.state, REVOKED))
                 if pending is not None:
                     outcome.steps.append(Step("activate", pending.kid, now, PENDING, ACTIVE))
@@ -363,7 +389,14 @@ class Rotation:
             ring = self._load()
             steps = plan(ring.entries, self.now(), self.lifecycle, ring.rotate_requested_at)
             if not steps:
-                return
+                if renders_current(ring.jwks, ring.version, ring.entries, self._seal):
+                    return
+                # A ring from before the JWKS was stored with it, or one changed around this code.
+                if self._change(ring, ring.rotate_requested_at):
+                    outcome.restored_jwks = ring.version + 1
+                else:
+                    outcome.conflicts += 1
+                continue
             first = steps[0]
             if first.step == "create":
                 applied = self._create(ring, outcome)
@@ -386,7 +419,7 @@ class Rotation:
             put.append((changed, STORED_STATES[entry.state]))
         activates = any(s.step == "activate" for s in steps)
         requested = None if activates else ring.rotate_requested_at
-        if not self._store.change_key_ring(ring.version, requested, put=put):
+        if not self._change(ring, requested, put=put):
             return False
         outcome.steps.extend(steps)
         return True
@@ -396,8 +429,7 @@ class Rotation:
         # The KMS key first: should the run stop half way, the entry is still there to retry, and
         # a removed entry never leaves an enabled key behind.
         self._retire_kms_key(entry.key_arn)
-        if not self._store.change_key_ring(ring.version, ring.rotate_requested_at,
-                                           delete=[(entry.kid, STORED_STATES[entry.state])]):
+        if not self._change(ring, ring.rotate_requested_at, delete=[(entry.kid, STORED_STATES[entry.state])]):
             return False
         outcome.steps.append(step)
         return True
@@ -409,7 +441,7 @@ class Rotation:
             entry = self._backoff.call(lambda: public_entry(self._kms, key_arn, PENDING, now),
                                        retryable=lambda e: error_code(e) == "NotFoundException")
             entry = replace(entry, seal=self._seal.make(entry))
-            added = self._store.change_key_ring(ring.version, ring.rotate_requested_at, put=[(entry, ())])
+            added = self._change(ring, ring.rotate_requested_at, put=[(entry, ())])
         except Exception:
             self._retire_kms_key(key_arn)
             raise
@@ -433,10 +465,16 @@ class Rotation:
                 if error_code(e) not in ("KMSInvalidStateException", "NotFoundException"):
                     raise
 
+    def _change(self, ring: _Ring, rotate_requested_at: int | None, *, put=(), delete=()) -> bool:
+        """One change of the ring as read, with the sealed JWKS it renders once changed; True when applied."""
+        jwks = sealed_jwks(self._seal, changed(ring.entries, put, delete), ring.version + 1)
+        return self._store.change_key_ring(ring.version, rotate_requested_at, jwks=jwks, put=put, delete=delete)
+
     def _load(self) -> _Ring:
         state = self._store.key_ring_state()
         entries, refused = admit((KeyEntry.from_item(item) for item in state.keys), self._seal)
-        return _Ring(entries, refused, state.version, state.rotate_requested_at)
+        jwks = None if state.jwks is None else RenderedJwks.from_item(state.jwks)
+        return _Ring(entries, refused, state.version, state.rotate_requested_at, jwks)
 
     # -- the report ------------------------------------------------------------------------------
     def _finish(self, outcome: Outcome, *, revoked: str | None = None) -> Outcome:
@@ -516,29 +554,33 @@ def register_stack_key(store: Any, kms: Any, seal: Seal, key_arn: str, now: int)
     - the ring has other keys but not this one: a key that rotation has removed is never put back
       ("rotated_out"); a new stack key (the template's key replaced) joins as pending ("registered").
     Only ever seals the fields it reads from KMS itself, so a planted entry never gets a seal here.
+    Whatever it does, the ring's stored JWKS is then current (rings from before it was stored).
     """
     for _ in range(MAX_ROUNDS):
         state = store.key_ring_state()
         entries = [KeyEntry.from_item(item) for item in state.keys]
+        admitted, _ = admit(entries, seal)
         mine = next((e for e in entries if e.key_arn == key_arn), None)
         if mine is not None:
             true = public_entry(kms, key_arn, mine.state, mine.created_at)
             if true.kid != mine.kid or true.jwk != mine.jwk:
                 raise ValueError(f"the key ring entry {mine.kid} names the stack's key with another public key")
             sealed = replace(mine, seal=seal.make(mine))
-            if sealed.seal == mine.seal:
-                return mine, "unchanged"
-            if store.change_key_ring(state.version, state.rotate_requested_at,
-                                     put=[(sealed, STORED_STATES[mine.state])]):
-                return sealed, "sealed"
-            continue
-        if entries and not _is_usable(kms, key_arn):
-            return None, "rotated_out"
-        has_active = any(e.state == ACTIVE for e in entries)
-        entry = public_entry(kms, key_arn, PENDING if has_active else ACTIVE, now)
-        entry = replace(entry, seal=seal.make(entry))
-        if store.change_key_ring(state.version, state.rotate_requested_at, put=[(entry, ())]):
-            return entry, "registered"
+            entry, done, put = ((mine, "unchanged", []) if sealed.seal == mine.seal else
+                                (sealed, "sealed", [(sealed, STORED_STATES[mine.state])]))
+        elif entries and not _is_usable(kms, key_arn):
+            entry, done, put = None, "rotated_out", []
+        else:
+            has_active = any(e.state == ACTIVE for e in entries)
+            entry = public_entry(kms, key_arn, PENDING if has_active else ACTIVE, now)
+            entry = replace(entry, seal=seal.make(entry))
+            done, put = "registered", [(entry, ())]
+        stored = None if state.jwks is None else RenderedJwks.from_item(state.jwks)
+        if not put and renders_current(stored, state.version, admitted, seal):
+            return entry, done
+        jwks = sealed_jwks(seal, changed(admitted, put), state.version + 1)
+        if store.change_key_ring(state.version, state.rotate_requested_at, jwks=jwks, put=put):
+            return entry, done
     raise RuntimeError("the key ring kept changing while the stack's key was registered")
 
 

@@ -1,8 +1,9 @@
 """Wiring for the Lambda functions: settings from the environment, clients, cached state.
 
 Everything here is built once per container, at module scope of the handler that needs it.
-Each builder imports only what its function uses, so discovery never imports boto3. A function
-makes one boto3 session and every client it uses comes from it: a session per client would load
+Each builder imports only what its function uses, so discovery never imports boto3, and the JWKS
+and token functions reach DynamoDB and KMS through the lean awsjson client. A function that needs
+boto3 makes one session and every client it uses comes from it: a session per client would load
 botocore's data (endpoints, models) again each time, which is most of a cold start.
 """
 
@@ -105,6 +106,20 @@ def key_ring(source=None, kms=None, boto3_session=None):
                    seal=seal(kms or boto3_session.client("kms")))
 
 
+def published_jwks(dynamodb=None, kms=None):
+    """The JWKS as the JWKS function serves it (keys.PublishedJwks): the ring's stored JWKS, read
+    once per ring_ttl and verified by the stack's seal, over the table's and KMS's clients (the
+    lean awsjson clients unless given: the JWKS function imports no boto3)."""
+    from .keys import PublishedJwks
+    from .store import Store
+
+    if dynamodb is None or kms is None:
+        from . import awsjson
+
+        dynamodb, kms = dynamodb or awsjson.client("dynamodb"), kms or awsjson.client("kms")
+    return PublishedJwks(Store(dynamodb, os.environ["TABLE_NAME"]), seal(kms), time.time, ttl=ring_ttl())
+
+
 def rotation(boto3_session=None):
     """The key rotation: the ring, KMS and the key policy of the keys it creates, from the environment.
 
@@ -141,12 +156,22 @@ def load_config(source) -> Config:
 
 
 def broker(source=None, kms=None, boto3_session=None):
-    """The Broker: configuration, caller key sets, key ring and KMS signer over one session."""
+    """The Broker: configuration, caller key sets, key ring and KMS signer.
+
+    Given nothing (the token function), its table and KMS clients are the lean awsjson ones: a mint
+    makes a few DynamoDB and KMS calls, and boto3's sessions and clients would be most of its cold
+    start and of its CPU. Given a session (the exchange functions, which need boto3 for their
+    clouds anyway), every client comes from it."""
     from . import config as config_module
     from .callers import HttpFetcher, IssuerKeys
     from .keys import KmsSigner
     from .minting import Broker
 
+    if source is None and kms is None and boto3_session is None:
+        from . import awsjson
+        from .store import Store
+
+        source, kms = Store(awsjson.client("dynamodb"), os.environ["TABLE_NAME"]), awsjson.client("kms")
     if source is None or kms is None:
         boto3_session = boto3_session or session()
     source = source or store(boto3_session)

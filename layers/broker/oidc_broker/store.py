@@ -6,7 +6,8 @@ Item layout (pk / sk):
                                         compressed, content-addressed parts (configstore.py)
   DEPLOYMENT / CURRENT                  the deployment's issuer URL, recorded at every deploy
   KEYRING / KEY#<kid>                   one signing key: state, KMS key ARN, public JWK, seal
-  KEYRING / STATE                       the key ring's version and a requested rotation
+  KEYRING / STATE                       the key ring's version, a requested rotation, and the
+                                        JWKS that version renders, sealed (the JWKS function's one read)
   ISSUERKEYS#<hash of issuer URL> / CURRENT
                                         a trusted issuer's last good key set, shared by containers;
                                         ttl = when the issuer served it + its max_key_set_age
@@ -120,8 +121,10 @@ class Store:
     # -- key ring ----------------------------------------------------------------------------
     # KEYRING / KEY#<kid>   one signing key: state, KMS key ARN, public JWK, seal, lifecycle times
     # KEYRING / STATE       the ring's version (every change writes version + 1, conditionally on
-    #                       the version read: concurrent changes cannot both succeed) and a
-    #                       requested rotation's time
+    #                       the version read: concurrent changes cannot both succeed), a
+    #                       requested rotation's time, and the JWKS of that version: `jwks` (the
+    #                       body as served), `jwks_version`, `jwks_seal`. A state written without
+    #                       them (before they were) reads as a ring with no rendered JWKS.
     def key_ring(self) -> list[dict[str, Any]]:
         """The ring's keys, as items for keys.KeyEntry.from_item."""
         return self.key_ring_state().keys
@@ -129,7 +132,7 @@ class Store:
     def key_ring_state(self) -> RingState:
         """The ring's keys, version and requested rotation: one consistent Query of the partition."""
         keys: list[dict[str, Any]] = []
-        version, requested = 0, None
+        version, requested, jwks = 0, None, None
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
@@ -142,20 +145,36 @@ class Store:
                 if item["sk"]["S"] == RING_STATE_SK:
                     version = int(item["version"]["N"])
                     requested = int(item["rotate_requested_at"]["N"]) if "rotate_requested_at" in item else None
+                    jwks = _jwks_from_item(item)
                 elif item["sk"]["S"].startswith(KEY_SK_PREFIX):
                     keys.append(_key_from_item(item))
             if "LastEvaluatedKey" not in page:
-                return RingState(keys, version, requested)
+                return RingState(keys, version, requested, jwks)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def change_key_ring(self, version: int, rotate_requested_at: int | None, *,
+    def ring_jwks(self) -> tuple[int, dict[str, Any] | None]:
+        """The ring's version and the JWKS stored with it (for keys.RenderedJwks.from_item; None if
+        none is): the ring's state item alone, read consistently. A Query naming the one item: the
+        ring's readers may Query its partition and need no other permission."""
+        items = self._db.query(
+            TableName=self._table, KeyConditionExpression="pk = :pk AND sk = :sk", ConsistentRead=True,
+            ExpressionAttributeValues={":pk": _s(KEYRING_PK), ":sk": _s(RING_STATE_SK)},
+        ).get("Items") or []
+        if not items:
+            return 0, None
+        return int(items[0]["version"]["N"]), _jwks_from_item(items[0])
+
+    def change_key_ring(self, version: int, rotate_requested_at: int | None, *, jwks: Any,
                         put: Sequence[tuple[Any, tuple[str, ...]]] = (),
                         delete: Sequence[tuple[str, tuple[str, ...]]] = ()) -> bool:
         """Apply changes to the ring at once, if it is still at `version`; True when applied.
 
         `put` is (keys.KeyEntry, the states the stored item must be in; () for a new key),
-        `delete` (kid, the states it must be in). One TransactWriteItems: every write or none.
+        `delete` (kid, the states it must be in), `jwks` the sealed keys.RenderedJwks of the ring
+        as changed, for version + 1. One TransactWriteItems: every write or none.
         """
+        if jwks.version != version + 1 or not jwks.seal:
+            raise ValueError(f"a change of key ring version {version} stores the sealed JWKS of version {version + 1}")
         actions: list[dict[str, Any]] = []
         for entry, states in put:
             action: dict[str, Any] = {"TableName": self._table, "Item": _key_item(entry)}
@@ -163,7 +182,8 @@ class Store:
             actions.append({"Put": action})
         for kid, states in delete:
             actions.append({"Delete": {"TableName": self._table, "Key": _key_key(kid), **_state_condition(states)}})
-        state = {"pk": _s(KEYRING_PK), "sk": _s(RING_STATE_SK), "version": _n(version + 1)}
+        state = {"pk": _s(KEYRING_PK), "sk": _s(RING_STATE_SK), "version": _n(version + 1),
+                 "jwks": {"B": jwks.body}, "jwks_version": _n(jwks.version), "jwks_seal": _s(jwks.seal)}
         if rotate_requested_at is not None:
             state["rotate_requested_at"] = _n(rotate_requested_at)
         guard: dict[str, Any] = (
@@ -353,6 +373,14 @@ class RingState:
     keys: list[dict[str, Any]]
     version: int  # 0: the ring has never been changed through change_key_ring
     rotate_requested_at: int | None
+    jwks: dict[str, Any] | None = None  # the JWKS stored with the state (keys.RenderedJwks.from_item)
+
+
+def _jwks_from_item(state: dict[str, Any]) -> dict[str, Any] | None:
+    if "B" not in state.get("jwks", {}) or "N" not in state.get("jwks_version", {}):
+        return None
+    return {"body": bytes(state["jwks"]["B"]), "version": int(state["jwks_version"]["N"]),
+            "seal": state["jwks_seal"]["S"] if "jwks_seal" in state else None}
 
 
 def _key_key(kid: str) -> dict[str, dict[str, str]]:

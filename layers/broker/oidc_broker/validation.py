@@ -90,7 +90,8 @@ class _Problems:
         return value
 
 
-TOP_KEYS = {"issuer", "trusted_issuers", "spaces"}
+# The document's top-level keys; a stored configuration's shared part is all of them but spaces.
+TOP_KEYS = frozenset({"issuer", "trusted_issuers", "spaces"})
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def parse(document: object, source: str = "<config>", *, allow_loopback_http: bo
 
     Linear in the document's size: names are checked against sets, rules indexed by target."""
     p = _Problems()
-    doc = p.mapping(document, "(top)", TOP_KEYS, {"issuer", "spaces"})
+    doc = p.mapping(document, "(top)", {"issuer", "trusted_issuers", "spaces"}, {"issuer", "spaces"})
     issuer, trusted = _parse_shared(p, doc, allow_loopback_http)
 
     spaces: dict[str, Space] = {}
@@ -131,7 +132,7 @@ def parse_shared(document: object, source: str = "<config>", *, allow_loopback_h
     """The document's issuer and trusted issuers alone (its `spaces` are parsed one by one, with
     parse_space): how the functions read a stored configuration, a space when a request needs it."""
     p = _Problems()
-    doc = p.mapping(document, "(top)", TOP_KEYS, {"issuer"})
+    doc = p.mapping(document, "(top)", set(TOP_KEYS), {"issuer"})
     issuer, trusted = _parse_shared(p, doc, allow_loopback_http)
     if p.items:
         raise ConfigError(source, p.items)
