@@ -95,12 +95,36 @@ class LocalMode:
         return self.http.post("/token", data={k: v for k, v in form.items() if v is not None})
 
 
+def port_block(width: int = 4) -> int:
+    """A free port whose next `width - 1` ports are free too: local mode serves its registry
+    stand-ins at its own port + 1..3, and elsewhere (which doctor calls no stand-in) when taken."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        sockets = []
+        try:
+            for port in range(base, base + width):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no block of free ports found")
+
+
 def start_local(log_path: Path, *args: str) -> LocalMode:
-    """Start `oidc-broker local` on a free port and wait for its `ready` line."""
+    """Start `oidc-broker local` on a free port (and free ports above it) and wait for its `ready` line."""
     log = log_path.open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    port = () if "--port" in args else ("--port", str(port_block()))
     process = subprocess.Popen(
-        [sys.executable, "-m", "oidc_broker_cli.main", "local", "--port", "0", *args],
+        [sys.executable, "-m", "oidc_broker_cli.main", "local", *port, *args],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     deadline = time.monotonic() + 60
