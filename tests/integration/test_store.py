@@ -9,26 +9,21 @@ import boto3
 import pytest
 
 from oidc_broker.store import AlreadyUsed, Grant, Store
-from oidc_broker_cli.local import free_port
-from oidc_broker_cli.local.aws import moto_server
 
 # moto keeps one state per process, shared by every server it runs: a name of this module's own.
 TABLE = "store-concurrency"
 
 
 @pytest.fixture(scope="module")
-def endpoint():
-    port = free_port()
-    server = moto_server(port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
+def endpoint(moto_endpoint):
+    """The module's moto server, with its table."""
+    url = moto_endpoint
     client(url).create_table(
         TableName=TABLE, BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
     )
-    yield url
-    server.stop()
+    return url
 
 
 def client(url: str):
